@@ -1,0 +1,14 @@
+"""autograd: a reverse-mode automatic differentiation engine on NumPy arrays.
+
+    from autograd import Tensor, no_grad
+    from autograd import functional as F
+    from autograd.nn import Module, Linear, ...
+    from autograd.optim import AdamW, clip_grad_norm
+    from autograd.gradcheck import gradcheck
+"""
+from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_grad, split,
+                     stack, tensor, unbroadcast)
+from .random import manual_seed
+
+__all__ = ["Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
+           "stack", "split", "unbroadcast", "manual_seed"]

@@ -1,0 +1,31 @@
+"""One random generator for the whole library, so that a single seed makes a run repeatable.
+
+Layers that need randomness (weight initialisation, dropout) draw from `default_rng()` unless
+they are given a generator of their own. Its state is saved in checkpoints (`get_state` /
+`set_state`) so that a resumed training run draws the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> np.random.Generator:
+    """Reset the library's generator to a seed and return it."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+    return _rng
+
+
+def default_rng() -> np.random.Generator:
+    return _rng
+
+
+def get_state() -> dict:
+    """The generator's state, a JSON-serialisable dict."""
+    return _rng.bit_generator.state
+
+
+def set_state(state: dict) -> None:
+    _rng.bit_generator.state = state
