@@ -6,9 +6,10 @@
     from autograd.optim import AdamW, clip_grad_norm
     from autograd.gradcheck import gradcheck
 """
+from . import functional
+from .random import manual_seed
 from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_grad, split,
                      stack, tensor, unbroadcast)
-from .random import manual_seed
 
 __all__ = ["Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
-           "stack", "split", "unbroadcast", "manual_seed"]
+           "stack", "split", "unbroadcast", "manual_seed", "functional"]

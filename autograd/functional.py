@@ -1,0 +1,391 @@
+"""Fused ops: each one a single node in the graph with a backward pass derived by hand.
+
+Composing, say, layer norm out of `mean`, `-`, `**`, `sqrt` and `/` works (the engine would
+differentiate it), but it records a dozen nodes, allocates a dozen arrays and walks memory a dozen
+times. Here every op computes its forward in a few NumPy calls, keeps exactly what its backward
+needs, and its backward computes all input gradients at once from those saved arrays. The
+derivation is in each docstring; `python -m autograd.gradcheck` checks each against finite
+differences.
+
+Shapes: B batch, T query positions, S key positions, C channels, H heads, D head size,
+V vocabulary, N = number of rows after flattening the leading axes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .random import default_rng
+from .tensor import Tensor
+
+__all__ = ["linear", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu",
+           "embedding", "dropout", "scaled_dot_product_attention", "relu", "tanh"]
+
+
+def _needs(t: Tensor | None) -> bool:
+    return t is not None and t.requires_grad
+
+
+def _record(out: np.ndarray, inputs: tuple, backward, op: str) -> Tensor:
+    """Tensor._make for ops with optional inputs (a layer without bias passes None).
+
+    `backward` returns one gradient per entry of `inputs`; the entries for absent inputs are
+    dropped so that the engine sees gradients aligned with the tensors actually present.
+    """
+    present = [i for i, t in enumerate(inputs) if t is not None]
+    if len(present) == len(inputs):
+        return Tensor._make(out, inputs, backward, op)
+
+    def backward_present(g):
+        grads = backward(g)
+        return tuple(grads[i] for i in present)
+    return Tensor._make(out, tuple(inputs[i] for i in present), backward_present, op)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x W + b, with x of shape (..., in), W of shape (in, out), b of shape (out,).
+
+    The leading axes are flattened so that everything is one 2-D GEMM: X (N, in) @ W (in, out).
+    Backward, with G = dL/dY of shape (N, out):
+        dL/dX = G W^T      (N, in)
+        dL/dW = X^T G      (in, out)   -- every row of X contributed to every column of W
+        dL/db = sum_n G_n  (out,)      -- b was broadcast over the N rows
+    """
+    xd, w = x.data, weight.data
+    if w.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (in, out), got shape {w.shape}")
+    n_in, n_out = w.shape
+    if xd.shape[-1] != n_in:
+        raise ValueError(f"linear: input has {xd.shape[-1]} features (shape {xd.shape}) but the "
+                         f"weight expects {n_in} (weight shape {w.shape})")
+    x2 = xd.reshape(-1, n_in)                         # (N, in)
+    y2 = x2 @ w                                       # (N, out)
+    if bias is not None:
+        y2 += bias.data
+    x_shape = xd.shape
+
+    def backward(g):
+        g2 = g.reshape(-1, n_out)                     # (N, out)
+        gx = (g2 @ w.T).reshape(x_shape) if x.requires_grad else None
+        gw = x2.T @ g2 if weight.requires_grad else None
+        gb = g2.sum(axis=0) if _needs(bias) else None
+        return gx, gw, gb
+
+    return _record(y2.reshape(*x_shape[:-1], n_out), (x, weight, bias), backward, "linear")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """y_i = exp(x_i) / sum_j exp(x_j) along `axis`.
+
+    The Jacobian is dy_i/dx_j = y_i (delta_ij - y_j), so
+        dL/dx_j = sum_i g_i y_i (delta_ij - y_j) = y_j (g_j - sum_i g_i y_i).
+    Subtracting max(x) first changes nothing mathematically and keeps exp from overflowing.
+    """
+    y = np.exp(x.data - x.data.max(axis=axis, keepdims=True))
+    y /= y.sum(axis=axis, keepdims=True)
+
+    def backward(g):
+        return (y * (g - (g * y).sum(axis=axis, keepdims=True)),)
+    return Tensor._make(y, (x,), backward, "softmax")
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """y_i = x_i - log sum_j exp(x_j).
+
+    dy_i/dx_j = delta_ij - softmax(x)_j, so  dL/dx_j = g_j - softmax(x)_j * sum_i g_i.
+    """
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(g):
+        return (g - np.exp(y) * g.sum(axis=axis, keepdims=True),)
+    return Tensor._make(y, (x,), backward, "log_softmax")
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100,
+                  reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of integer `targets` under softmax(`logits`), fused.
+
+    logits (..., V), targets (...) of ints. For one row with target t:
+        loss = -log softmax(x)_t = logsumexp(x) - x_t
+        dloss/dx_j = softmax(x)_j - [j == t]
+    Rows whose target equals `ignore_index` contribute neither loss nor gradient, and the mean
+    is over the counted rows only (padding in fine-tuning batches is masked this way).
+    `reduction`: "mean" (default), "sum", or "none" (a loss per position, 0 where ignored).
+    The softmax probabilities are kept from the forward pass: the backward is then one multiply
+    and one scatter, without a second exp over the (N, V) logits.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
+    x = logits.data
+    t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    if t.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: targets must be integers, got dtype {t.dtype}")
+    if t.shape != x.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets of shape {t.shape} do not match logits of "
+                         f"shape {x.shape} (expected targets of shape {x.shape[:-1]})")
+    n_classes = x.shape[-1]
+    x2 = x.reshape(-1, n_classes)                              # (N, V)
+    t1 = t.reshape(-1)                                         # (N,)
+    counted = t1 != ignore_index
+    out_of_range = counted & ((t1 < 0) | (t1 >= n_classes))
+    if out_of_range.any():
+        bad = t1[out_of_range]
+        raise ValueError(f"cross_entropy: target {int(bad[0])} is out of range for {n_classes} "
+                         f"classes (valid: 0..{n_classes - 1} or ignore_index={ignore_index}); "
+                         f"{bad.size} such target(s)")
+    rows = np.arange(t1.size)
+    safe_t = np.where(counted, t1, 0)
+
+    row_max = x2.max(axis=1, keepdims=True)
+    probs = np.exp(x2 - row_max)                               # (N, V), normalised below
+    total = probs.sum(axis=1, keepdims=True)
+    logsumexp = (np.log(total) + row_max)[:, 0]
+    losses = (logsumexp - x2[rows, safe_t]) * counted          # (N,)
+    probs /= total
+    n_counted = int(counted.sum())
+
+    if reduction == "mean":
+        # No counted target at all gives nan, as 0/0 should (PyTorch does the same).
+        loss = np.asarray(losses.sum() / n_counted if n_counted else np.nan, dtype=x.dtype)
+    elif reduction == "sum":
+        loss = np.asarray(losses.sum(), dtype=x.dtype)
+    else:
+        loss = losses.reshape(t.shape).astype(x.dtype, copy=False)
+
+    def backward(g):
+        if reduction == "mean":
+            row_weight = counted * (g / max(n_counted, 1))         # (N,)
+        elif reduction == "sum":
+            row_weight = counted * g
+        else:
+            row_weight = counted * g.reshape(-1)
+        row_weight = row_weight.astype(x.dtype, copy=False)
+        grad = probs * row_weight[:, None]
+        grad[rows, safe_t] -= row_weight
+        return (grad.reshape(x.shape),)
+    return Tensor._make(loss, (logits,), backward, "cross_entropy")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+               eps: float = 1e-5) -> Tensor:
+    """y = xhat * w + b over the last axis, xhat = (x - mean) / sqrt(var + eps).
+
+    With r = 1/sqrt(var + eps) and h = g * w (the gradient arriving at xhat), for one row of C:
+        dL/dx = r * (h - mean(h) - xhat * mean(h * xhat))
+    The two means account for x moving the row's mean and its variance.
+        dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g.
+    """
+    xd = x.data
+    n_channels = xd.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (n_channels,):
+            raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({n_channels},) "
+                             f"for input of shape {xd.shape}")
+    mean = xd.mean(axis=-1, keepdims=True)
+    centred = xd - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)                            # (..., 1)
+    xhat = centred * rstd
+    y = xhat * weight.data if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias.data
+
+    def backward(g):
+        h = g * weight.data if weight is not None else g
+        gx = None
+        if x.requires_grad:
+            gx = h - h.mean(axis=-1, keepdims=True)
+            gx -= xhat * np.mean(h * xhat, axis=-1, keepdims=True)
+            gx *= rstd
+        g2 = g.reshape(-1, n_channels)
+        gw = np.einsum("nc,nc->c", g2, xhat.reshape(-1, n_channels)) if _needs(weight) else None
+        gb = g2.sum(axis=0) if _needs(bias) else None
+        return gx, gw, gb
+
+    return _record(y, (x, weight, bias), backward, "layer_norm")
+
+
+# ----------------------------------------------------------------------------------------------
+
+_GELU_C = math.sqrt(2.0 / math.pi)   # a Python float: it never promotes float32 arrays
+_GELU_K = 0.044715
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GPT-2's GELU, the tanh approximation:
+        y = 0.5 x (1 + tanh(u)),   u = c (x + k x^3),   c = sqrt(2/pi), k = 0.044715
+        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 k x^2)
+    """
+    a = x.data
+    inner = a * a
+    inner *= _GELU_C * _GELU_K
+    inner += _GELU_C
+    inner *= a                                   # u = x (c + c k x^2)
+    t = np.tanh(inner)
+    y = t + 1.0
+    y *= a
+    y *= 0.5
+
+    def backward(g):
+        slope = a * a
+        slope *= 3.0 * _GELU_C * _GELU_K
+        slope += _GELU_C                         # du/dx = c (1 + 3 k x^2)
+        slope *= 1.0 - t * t
+        slope *= a
+        slope += 1.0 + t
+        slope *= 0.5
+        return (g * slope,)
+    return Tensor._make(y, (x,), backward, "gelu")
+
+
+def relu(x: Tensor) -> Tensor:
+    return x.relu()
+
+
+def tanh(x: Tensor) -> Tensor:
+    return x.tanh()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of `weight` (V, C) picked by integer `ids` (...): out (..., C).
+
+    A lookup is a product with a one-hot matrix, out = onehot(ids) W, so
+        dL/dW = onehot(ids)^T G:  row v of dL/dW is the sum of G over every position whose id
+    is v. A token that appears twice must get both contributions: the scatter *adds*
+    (np.add.at), where a plain `dW[ids] = G` would keep only the last one.
+    """
+    ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    w = weight.data
+    n_rows = w.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
+        bad = ids[(ids < 0) | (ids >= n_rows)]
+        raise ValueError(f"embedding: id {int(bad.flat[0])} is out of range for a table of "
+                         f"{n_rows} rows (valid: 0..{n_rows - 1})")
+    out = w[ids]
+
+    def backward(g):
+        grad = np.zeros_like(w)
+        np.add.at(grad, ids.reshape(-1), g.reshape(-1, w.shape[1]))
+        return (grad,)
+    return Tensor._make(out, (weight,), backward, "embedding")
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True,
+            rng: np.random.Generator | None = None) -> Tensor:
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+    The scaling keeps the expected value unchanged, so evaluation (no dropout) needs no
+    correction. y = x * m with m in {0, 1/(1-p)} drawn once; dL/dx = g * m (same mask).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    rng = rng if rng is not None else default_rng()
+    mask = (rng.random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
+    mask *= 1.0 / (1.0 - p)
+    return Tensor._make(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
+
+
+# ----------------------------------------------------------------------------------------------
+
+_causal_bias_cache: dict[tuple[int, int, np.dtype], np.ndarray] = {}
+
+
+def causal_bias(n_queries: int, n_keys: int, dtype=np.float32) -> np.ndarray:
+    """(T, S) array: 0 where query i may look at key j, -inf where j is in its future.
+
+    Queries are the *last* T of the S positions (with a KV cache the keys include the past),
+    so query i sits at position S - T + i and may see keys j <= S - T + i.
+    """
+    key = (n_queries, n_keys, np.dtype(dtype))
+    bias = _causal_bias_cache.get(key)
+    if bias is None:
+        offset = n_keys - n_queries
+        future = np.arange(n_keys)[None, :] > np.arange(n_queries)[:, None] + offset
+        bias = np.where(future, -np.inf, 0.0).astype(dtype)
+        bias.setflags(write=False)
+        _causal_bias_cache[key] = bias
+    return bias
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,
+                                 dropout_p: float = 0.0,
+                                 rng: np.random.Generator | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(D) + mask) V for q (B, H, T, D), k and v (B, H, S, D).
+
+    Forward:   A = Q K^T / sqrt(D)   P = softmax(A)   P' = dropout(P)   O = P' V
+    Backward, with G = dL/dO:
+        dV  = P'^T G                    (B, H, S, D)
+        dP' = G V^T, dP = dP' * mask    (B, H, T, S)
+        dA  = P * (dP - rowsum(dP * P))      -- the softmax backward, row by row
+        dQ  = dA K / sqrt(D),  dK = dA^T Q / sqrt(D)
+    The row sums need no (T, S) product: rowsum(dP * P) = rowsum(G * O), a (T, D) one, because
+    sum_j dP_j P_j = sum_j (G . V_j) P'_j = G . O   (the trick FlashAttention uses).
+    Only P (and the dropout mask) is saved between forward and backward.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim != 4:
+            raise ValueError(f"scaled_dot_product_attention: {name} must be (B, H, T, D), got "
+                             f"shape {t.shape}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, "
+                         f"v {v.shape} do not fit (B, H, T, D) / (B, H, S, D)")
+    if is_causal and k.shape[2] < q.shape[2]:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs at least as "
+                         f"many keys ({k.shape[2]}) as queries ({q.shape[2]})")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), "
+                         f"got {dropout_p}")
+    qd, kd, vd = q.data, k.data, v.data
+    scale = 1.0 / math.sqrt(qd.shape[-1])
+
+    p = qd @ kd.swapaxes(-1, -2)                      # (B, H, T, S)
+    p *= scale
+    if is_causal:
+        p += causal_bias(qd.shape[2], kd.shape[2], p.dtype)
+    p -= p.max(axis=-1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=-1, keepdims=True)                # P
+
+    mask = None
+    if dropout_p > 0.0:
+        rng = rng if rng is not None else default_rng()
+        mask = (rng.random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype)
+        mask *= 1.0 / (1.0 - dropout_p)
+        p_used = p * mask                              # P'
+    else:
+        p_used = p
+    out = p_used @ vd                                 # (B, H, T, D)
+
+    def backward(g):
+        gv = p_used.swapaxes(-1, -2) @ g if v.requires_grad else None
+        gq = gk = None
+        if q.requires_grad or k.requires_grad:
+            dp = g @ vd.swapaxes(-1, -2)              # (B, H, T, S)
+            if mask is not None:
+                dp *= mask
+            dp -= np.sum(g * out, axis=-1, keepdims=True)
+            dp *= p
+            dp *= scale                               # dA
+            gq = dp @ kd if q.requires_grad else None
+            gk = dp.swapaxes(-1, -2) @ qd if k.requires_grad else None
+        return gq, gk, gv
+    return Tensor._make(out, (q, k, v), backward, "attention")
