@@ -1,0 +1,230 @@
+"""Read and write the safetensors format with NumPy alone.
+
+A `.safetensors` file is three parts, one after the other:
+
+    [8 bytes]  N, the length of the header: an unsigned 64-bit little-endian integer
+    [N bytes]  a UTF-8 JSON object, one entry per tensor:
+                   "name": {"dtype": "F32", "shape": [768, 2304], "data_offsets": [begin, end]}
+               plus an optional "__metadata__": {"key": "value", ...} of strings
+    [rest]     the raw bytes of every tensor, little-endian, C order; `begin`/`end` count
+               from the start of this part
+
+That is all: no pickles, no code, so a file from an untrusted source can only hold numbers.
+Because the data is raw and aligned, `load_file` memory-maps the file and hands out NumPy
+views of it: a 1.5B-parameter checkpoint "loads" without reading or copying 6 GB, and pages
+come in from disk as the arrays are used. The views are read-only; `.copy()` one to change it.
+
+The header is checked strictly before any data is touched (`SafetensorsError` says what is
+wrong): the byte ranges must tile the data section exactly, in order, without gaps or
+overlaps, each exactly `prod(shape) * itemsize` long. This is the same rule the reference
+implementation enforces, so a file we accept is a file it accepts.
+
+NumPy has no bfloat16. BF16 is the top half of a float32 (same exponent, 7-bit mantissa), so
+widening is exact: put the 16 stored bits in the high half of a 32-bit word.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from gpt.files import atomic_write
+
+__all__ = [
+    "DTYPES",
+    "SafetensorsError",
+    "TensorInfo",
+    "load_file",
+    "read_header",
+    "save_file",
+]
+
+# safetensors dtype name -> the NumPy dtype of the stored bytes (BF16 kept as raw uint16 bits).
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_NAME_OF_DTYPE = {dt: name for name, dt in DTYPES.items() if name != "BF16"}
+_MAX_HEADER = 100 * 1024 * 1024  # the reference reader's limit; a larger header is corrupt
+_METADATA = "__metadata__"
+
+
+class SafetensorsError(ValueError):
+    """The file is not valid safetensors (or a tensor cannot be stored in it)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One header entry: dtype name, shape, and byte range within the data section."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Read and validate only the header: ({name: TensorInfo}, metadata). Touches no tensor data."""
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if file_size < 8:
+            raise SafetensorsError(f"{path}: truncated, {file_size} bytes is shorter than the 8-byte header length")
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > _MAX_HEADER:
+            raise SafetensorsError(f"{path}: header length {header_len:,} is absurd (the limit is {_MAX_HEADER:,})")
+        if 8 + header_len > file_size:
+            raise SafetensorsError(
+                f"{path}: header length {header_len:,} runs past the end of the {file_size:,}-byte file (truncated?)"
+            )
+        raw = f.read(header_len)
+    tensors, metadata = _parse_header(raw, data_size=file_size - 8 - header_len, path=path)
+    return tensors, metadata
+
+
+def _parse_header(raw: bytes, data_size: int, path: object) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SafetensorsError(f"{path}: the header is not valid UTF-8 JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: the header must be a JSON object, got {type(header).__name__}")
+
+    metadata = header.pop(_METADATA, {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise SafetensorsError(f"{path}: __metadata__ must map strings to strings")
+
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(entry, dict) or {"dtype", "shape", "data_offsets"} - entry.keys():
+            raise SafetensorsError(f"{where}: entry must have dtype, shape and data_offsets, got {entry!r}")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPES:
+            raise SafetensorsError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise SafetensorsError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise SafetensorsError(f"{where}: data_offsets must be [begin, end], got {offsets!r}")
+        begin, end = offsets
+        if end < begin:
+            raise SafetensorsError(f"{where}: data_offsets {offsets} end before they begin")
+        expected = math.prod(shape) * DTYPES[dtype].itemsize
+        if end - begin != expected:
+            raise SafetensorsError(
+                f"{where}: data_offsets {offsets} span {end - begin:,} bytes, but {dtype} "
+                f"of shape {shape} needs {expected:,}"
+            )
+        tensors[name] = TensorInfo(dtype, tuple(shape), begin, end)
+
+    # The byte ranges, taken in order, must tile the data section exactly.
+    position = 0
+    for name, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if info.begin != position:
+            problem = "overlaps the previous tensor" if info.begin < position else "leaves a gap before it"
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} starts at byte {info.begin:,} of the data, which {problem} "
+                f"(expected {position:,})"
+            )
+        position = info.end
+    if position != data_size:
+        raise SafetensorsError(
+            f"{path}: the tensors cover {position:,} bytes of data but the file holds {data_size:,} "
+            "(truncated, or trailing bytes)"
+        )
+    return tensors, metadata
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def load_file(path: str | os.PathLike, *, widen: bool = True) -> dict[str, np.ndarray]:
+    """Load every tensor of a safetensors file, memory-mapped, in the file's order.
+
+    Returned arrays are read-only views of the mapped file (no copy), except when
+    `widen=True` turns F16 and BF16 tensors into new float32 arrays. With `widen=False`,
+    F16 stays float16 and BF16 comes back as its raw uint16 bits (NumPy has no bfloat16).
+    """
+    tensors, _ = read_header(path)
+    with open(path, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+    data_start = 8 + header_len
+    # Map the whole file once; np.memmap cannot map zero bytes, and the header makes it non-empty.
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    out: dict[str, np.ndarray] = {}
+    for name, info in tensors.items():
+        raw = mapped[data_start + info.begin : data_start + info.end]
+        array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=raw)
+        if widen and info.dtype == "F16":
+            array = array.astype(np.float32)
+        elif widen and info.dtype == "BF16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        out[name] = array
+    return out
+
+
+def save_file(
+    tensors: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write `tensors` (name -> array) to `path` atomically, in name order.
+
+    The header is compact JSON (metadata first), padded with spaces so the data starts at a
+    multiple of 8 bytes, as the reference writer does: every tensor can then be viewed in
+    place without an unaligned read. Arrays are stored C-ordered and little-endian.
+    """
+    if _METADATA in tensors:
+        raise SafetensorsError(f"{_METADATA!r} is reserved for metadata and cannot name a tensor")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise SafetensorsError("metadata must map strings to strings")
+
+    header: dict[str, object] = {}
+    if metadata:
+        header[_METADATA] = dict(metadata)
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        stored = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if stored not in _NAME_OF_DTYPE:
+            raise SafetensorsError(
+                f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store "
+                f"(supported: {', '.join(str(d) for d in _NAME_OF_DTYPE)})"
+            )
+        array = np.asarray(array, dtype=stored, order="C")  # keeps 0-d arrays 0-d
+        header[name] = {
+            "dtype": _NAME_OF_DTYPE[stored],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+        arrays.append(array)
+
+    header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for array in arrays:
+            # A flat byte view writes the buffer as it is, without a tobytes() copy.
+            f.write(memoryview(array.reshape(-1).view(np.uint8)))

@@ -1,0 +1,154 @@
+"""gpt.safetensors: the reference GPT-2 file, round trips, widening, and every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from _paths import reference_file
+
+from gpt.safetensors import SafetensorsError, TensorInfo, load_file, read_header, save_file
+
+
+def write_raw(path, header: dict, data: bytes, pad: bool = True) -> None:
+    """Write a safetensors file by hand, so tests control every byte."""
+    text = json.dumps(header).encode()
+    if pad:
+        text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def test_reference_gpt2_file_loads_memory_mapped():
+    path = reference_file("hf-gpt2-tiny/model.safetensors")
+    tensors = load_file(path)
+    assert len(tensors) == 2 * 12 + 4  # 12 per block, ln_f weight/bias, wte, wpe; lm_head is tied
+    assert tensors["transformer.wte.weight"].shape == (512, 64)
+    assert tensors["transformer.wpe.weight"].shape == (64, 64)
+    assert tensors["transformer.h.0.attn.c_attn.weight"].shape == (64, 192)  # Conv1D: (in, out)
+    assert all(a.dtype == np.float32 for a in tensors.values())
+    wte = tensors["transformer.wte.weight"]
+    assert not wte.flags.writeable and not wte.flags.owndata  # a view of the mapping, not a copy
+    _, metadata = read_header(path)
+    assert metadata == {"format": "pt"}
+
+
+def test_save_then_load_reproduces_the_reference_file_byte_for_byte(tmp_path):
+    path = reference_file("hf-gpt2-tiny/model.safetensors")
+    tensors = load_file(path)
+    out = tmp_path / "copy.safetensors"
+    save_file(tensors, out, metadata={"format": "pt"})
+    assert out.read_bytes() == path.read_bytes()
+    again = load_file(out)
+    assert list(again) == list(tensors)
+    for name in tensors:
+        np.testing.assert_array_equal(again[name], tensors[name])
+
+
+def test_round_trip_of_every_dtype_and_odd_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {
+        "f64": rng.standard_normal((3, 5)),
+        "f32_scalar": np.array(1.5, dtype=np.float32),
+        "f16": rng.standard_normal(7).astype(np.float16),
+        "i64": np.arange(-3, 3, dtype=np.int64),
+        "i32_transposed": np.arange(12, dtype=np.int32).reshape(3, 4).T,  # not contiguous
+        "u8": np.arange(5, dtype=np.uint8),
+        "bool": np.array([True, False, True]),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+        "big_endian": np.arange(4, dtype=">f4"),
+    }
+    path = tmp_path / "all.safetensors"
+    save_file(tensors, path, metadata={"note": "hello"})
+    loaded = load_file(path, widen=False)
+    for name, array in tensors.items():
+        assert loaded[name].shape == array.shape
+        np.testing.assert_array_equal(loaded[name], array)
+    assert loaded["f16"].dtype == np.float16
+    assert load_file(path)["f16"].dtype == np.float32  # widened
+    header, metadata = read_header(path)
+    assert header["i32_transposed"] == TensorInfo("I32", (4, 3), header["i32_transposed"].begin,
+                                                  header["i32_transposed"].begin + 48)
+    assert metadata == {"note": "hello"}
+    assert (8 + struct.unpack("<Q", path.read_bytes()[:8])[0]) % 8 == 0  # data is 8-aligned
+
+
+def test_bf16_and_f16_written_by_hand_are_widened(tmp_path):
+    values = np.array([1.0, -2.5, 3.140625, 0.0], dtype=np.float32)  # exact in bfloat16
+    bf16_bits = (values.view(np.uint32) >> 16).astype("<u2")
+    f16 = values.astype("<f2")
+    header = {
+        "a_bf16": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]},
+        "b_f16": {"dtype": "F16", "shape": [4], "data_offsets": [8, 16]},
+    }
+    path = tmp_path / "half.safetensors"
+    write_raw(path, header, bf16_bits.tobytes() + f16.tobytes())
+    wide = load_file(path)
+    assert wide["a_bf16"].dtype == np.float32 and wide["a_bf16"].shape == (2, 2)
+    np.testing.assert_array_equal(wide["a_bf16"].ravel(), values)
+    np.testing.assert_array_equal(wide["b_f16"], values)
+    raw = load_file(path, widen=False)
+    assert raw["a_bf16"].dtype == np.uint16 and raw["b_f16"].dtype == np.float16
+
+
+def test_unsupported_array_dtype_is_refused(tmp_path):
+    with pytest.raises(SafetensorsError, match="complex128"):
+        save_file({"z": np.zeros(2, dtype=np.complex128)}, tmp_path / "z.safetensors")
+    assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_metadata_name_is_reserved(tmp_path):
+    with pytest.raises(SafetensorsError, match="reserved"):
+        save_file({"__metadata__": np.zeros(1)}, tmp_path / "m.safetensors")
+
+
+F32_2 = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+
+
+@pytest.mark.parametrize(
+    "header, data, message",
+    [
+        (F32_2, b"\0" * 4, "cover 8 bytes of data but the file holds 4"),
+        (F32_2, b"\0" * 12, "cover 8 bytes of data but the file holds 12"),
+        ({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 12"),
+        ({"x": {"dtype": "Q8", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype 'Q8'"),
+        ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "non-negative"),
+        ({"x": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "must have dtype, shape and data_offsets"),
+        ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "end before"),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+             "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            b"\0" * 12, "overlaps",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+             "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}},
+            b"\0" * 12, "gap",
+        ),
+        ({"__metadata__": {"n": 1}, **F32_2}, b"\0" * 8, "strings to strings"),
+        ([1, 2], b"", "must be a JSON object"),
+    ],
+)
+def test_lying_headers_are_rejected(tmp_path, header, data, message):
+    path = tmp_path / "bad.safetensors"
+    write_raw(path, header, data)
+    with pytest.raises(SafetensorsError, match=message):
+        load_file(path)
+
+
+def test_truncated_and_garbled_files_are_rejected(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x10\0\0")
+    with pytest.raises(SafetensorsError, match="truncated, 3 bytes"):
+        read_header(path)
+    path.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    with pytest.raises(SafetensorsError, match="header length 1,000 runs past the end of the 10-byte file"):
+        read_header(path)
+    path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    with pytest.raises(SafetensorsError, match="absurd"):
+        read_header(path)
+    path.write_bytes(struct.pack("<Q", 8) + b"{not json")
+    with pytest.raises(SafetensorsError, match="not valid UTF-8 JSON"):
+        read_header(path)
+    assert issubclass(SafetensorsError, ValueError)
