@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gpt.files import atomic_write, sha256_file
-from gpt.http_download import DEFAULT_TIMEOUT, DownloadError, download, partial_path
+from gpt.http_download import DEFAULT_TIMEOUT, DownloadError, download
 
 __all__ = [
     "DATASETS",
@@ -228,14 +228,14 @@ def _cut_at_story_end(data: bytes, max_bytes: int | None) -> bytes:
 def _offline_help(name: str, entry: RemoteFile, target: Path, err: Exception) -> str:
     mirror = os.environ.get(MIRROR_ENV)
     where = f"${MIRROR_ENV} ({mirror})" if mirror else f"${MIRROR_ENV} (not set)"
-    part = partial_path(target)
-    kept = f" A partial download is kept in {part} and resumes on the next try." if part.exists() else ""
+    # Zip and capped downloads keep their partial bytes under a side name (see _download_entry).
+    parts = sorted(target.parent.glob(f"{target.name}*.part")) if target.parent.is_dir() else []
+    kept = f" A partial download is kept in {parts[0]} and resumes on the next try." if parts else ""
     return (
         f"could not get {name!r} ({entry.filename}): {err}\n"
         f"It is in neither {where} nor the cache {target.parent}.{kept}\n"
-        f"To work offline, copy {entry.filename} from {entry.url} into a directory and set "
-        f"{MIRROR_ENV} to that directory, or pass the path of a local text file instead of "
-        f"the name {name!r}."
+        f"To work offline, save {entry.url} as <dir>/{entry.filename} and set {MIRROR_ENV}=<dir>, "
+        f"or pass the path of a local text file instead of the name {name!r}."
     )
 
 

@@ -112,10 +112,14 @@ def test_tinystories_train_is_capped_at_a_story_end(tmp_path, monkeypatch, serve
 def test_offline_error_names_the_file_the_mirror_and_the_way_out(tmp_path, monkeypatch):
     no_mirror(monkeypatch, tmp_path)
     point_at(monkeypatch, "tinyshakespeare", closed_port_url())
+    partial = tmp_path / "cache" / "tinyshakespeare.txt.part"
+    partial.parent.mkdir()
+    partial.write_text("First Citizen")  # an earlier, interrupted download
     with pytest.raises(DataError) as info:
         fetch("tinyshakespeare", progress=False)
     message = str(info.value)
     assert "tinyshakespeare.txt" in message and "DU_DATA_MIRROR" in message
+    assert f"partial download is kept in {partial}" in message
     assert "could not connect" in message and "local text file" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
