@@ -1,0 +1,29 @@
+"""bpe: the tokenizer. Text in, token ids out, and back again.
+
+- `Tokenizer`: byte-level byte-pair encoding, trained here from any corpus
+  (`Tokenizer.train`) or loaded from OpenAI's GPT-2 files (`Tokenizer.from_gpt2`).
+- `CharTokenizer`: one token per character, for character-level experiments.
+- `load_tokenizer`: read a saved tokenizer file of either kind.
+
+Where to start reading: `bpe.train` (how merges are learned), `bpe.apply` (how they are used to
+encode), `bpe.tokenizer` (the whole pipeline), `bpe.gpt2` (GPT-2's file format). The command line
+is ``python -m bpe --help``.
+
+This package knows nothing of autograd or models: it only turns text into integers.
+"""
+
+from .base import BaseTokenizer, load_tokenizer
+from .char import CharTokenizer
+from .files import TokenizerFileError
+from .patterns import GPT2_PATTERN, GPT4_PATTERN
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "BaseTokenizer",
+    "CharTokenizer",
+    "GPT2_PATTERN",
+    "GPT4_PATTERN",
+    "Tokenizer",
+    "TokenizerFileError",
+    "load_tokenizer",
+]
