@@ -136,9 +136,11 @@ def _fetch_into(
             have, mode = 0, "wb"
             length = response.headers.get("Content-Length")
             expected = int(length) if length is not None else None
-            if max_bytes is not None:
-                expected = max_bytes if expected is None else min(expected, max_bytes)
-        received = _stream(response, part, mode, have, expected, progress, desc, url)
+            if expected is not None and max_bytes is not None:
+                expected = min(expected, max_bytes)
+        # Without an announced length we read to the end, or up to the cap.
+        limit = expected if expected is not None else max_bytes
+        received = _stream(response, part, mode, have, limit, progress, desc, url)
 
     if expected is not None and received != expected:
         raise DownloadError(
@@ -170,21 +172,21 @@ def _stream(
     part: Path,
     mode: str,
     have: int,
-    expected: int | None,
+    limit: int | None,
     progress: bool,
     desc: str,
     url: str,
 ) -> int:
-    """Copy the response body into `part`; return the file's size afterwards."""
+    """Copy the response body into `part`, stopping at `limit` bytes; return the file's size."""
     received = have
     bar = tqdm(
-        total=expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+        total=limit, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
         desc=desc, disable=not progress, file=sys.stderr,
     )
     try:
         with open(part, mode) as f, bar:
-            while expected is None or received < expected:
-                want = _CHUNK if expected is None else min(_CHUNK, expected - received)
+            while limit is None or received < limit:
+                want = _CHUNK if limit is None else min(_CHUNK, limit - received)
                 chunk = response.read(want)
                 if not chunk:
                     break

@@ -82,6 +82,12 @@ class TensorInfo:
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Read and validate only the header: ({name: TensorInfo}, metadata). Touches no tensor data."""
+    tensors, metadata, _ = _read_header(path)
+    return tensors, metadata
+
+
+def _read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """The header's tensors and metadata, and the file offset where the data section starts."""
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
         if file_size < 8:
@@ -95,7 +101,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
             )
         raw = f.read(header_len)
     tensors, metadata = _parse_header(raw, data_size=file_size - 8 - header_len, path=path)
-    return tensors, metadata
+    return tensors, metadata, 8 + header_len
 
 
 def _parse_header(raw: bytes, data_size: int, path: object) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -164,10 +170,7 @@ def load_file(path: str | os.PathLike, *, widen: bool = True) -> dict[str, np.nd
     `widen=True` turns F16 and BF16 tensors into new float32 arrays. With `widen=False`,
     F16 stays float16 and BF16 comes back as its raw uint16 bits (NumPy has no bfloat16).
     """
-    tensors, _ = read_header(path)
-    with open(path, "rb") as f:
-        header_len = struct.unpack("<Q", f.read(8))[0]
-    data_start = 8 + header_len
+    tensors, _, data_start = _read_header(path)
     # Map the whole file once; np.memmap cannot map zero bytes, and the header makes it non-empty.
     mapped = np.memmap(path, dtype=np.uint8, mode="r")
     out: dict[str, np.ndarray] = {}

@@ -20,7 +20,8 @@ class FileServer:
 
     Knobs a test may turn while the server runs:
       ignore_range: answer 200 with the whole file even when a range is asked for;
-      truncate_to:  announce the full Content-Length but send only this many body bytes.
+      truncate_to:  announce the full Content-Length but send only this many body bytes;
+      omit_length:  send no Content-Length (the body ends when the connection closes).
     """
 
     def __init__(self, files: dict[str, bytes]) -> None:
@@ -28,6 +29,7 @@ class FileServer:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.ignore_range = False
         self.truncate_to: int | None = None
+        self.omit_length = False
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -74,7 +76,8 @@ class FileServer:
                 else:
                     body = data
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if not server.omit_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.truncate_to is not None:
                     body = body[: server.truncate_to]

@@ -82,6 +82,15 @@ def test_max_bytes_downloads_a_prefix(serve, tmp_path):
         assert dest.read_bytes() == PAYLOAD[:500]
 
 
+def test_unannounced_length_reads_to_the_end_or_the_cap(serve, tmp_path):
+    with serve({"/f.bin": PAYLOAD}) as server:
+        server.omit_length = server.ignore_range = True
+        whole = download(server.url("/f.bin"), tmp_path / "a", max_bytes=10**6, progress=False)
+        assert whole.read_bytes() == PAYLOAD  # shorter than the cap: not an error
+        head = download(server.url("/f.bin"), tmp_path / "b", max_bytes=100, progress=False)
+        assert head.read_bytes() == PAYLOAD[:100]
+
+
 def test_http_error_is_a_download_error(serve, tmp_path):
     with serve({}) as server:
         with pytest.raises(DownloadError, match="HTTP 404"):
