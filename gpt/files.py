@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -34,10 +34,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file must live in the same directory: a rename across file systems
-    # is a copy, and a copy is not atomic.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # is a copy, and a copy is not atomic. A random name keeps concurrent writers apart, and
+    # open(..., "xb") (unlike tempfile.mkstemp's private 0600) gives the usual permissions.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             yield f
             f.flush()
             # Without fsync a crash right after the rename could leave an empty file behind

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import zipfile
 
 import pytest
@@ -12,7 +13,7 @@ from _paths import data_file
 
 from gpt import datasets
 from gpt.datasets import DATASETS, DataError, fetch, load_text, load_text_splits, split_text
-from gpt.files import sha256_file
+from gpt.files import atomic_write, sha256_file
 
 
 @pytest.fixture(autouse=True)
@@ -179,3 +180,18 @@ def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     monkeypatch.delenv("DU_DATA_DIR")
     assert datasets.cache_dir() == datasets.DEFAULT_CACHE.expanduser()
     assert datasets.cache_dir(tmp_path) == tmp_path
+
+
+def test_atomic_write_is_all_or_nothing(tmp_path):
+    target = tmp_path / "deep" / "file.bin"
+    with atomic_write(target) as f:
+        f.write(b"first")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write(b"half of the second")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not 0600
