@@ -185,5 +185,17 @@ class GPT(Module):
         x = self.ln_f(x)
         return F.linear(x, self.wte.weight.T)                         # (B, T, V)
 
+    @classmethod
+    def from_pretrained(cls, path, **config_overrides) -> "GPT":
+        """Load a checkpoint directory: one `save_pretrained` or `train.py` wrote (a run
+        directory picks best/ or latest/), or a Hugging Face GPT-2 directory."""
+        from .checkpoint import load_pretrained
+        return load_pretrained(path, **config_overrides)
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write config.json + model.safetensors (+ tokenizer files), Hugging Face's layout."""
+        from .checkpoint import save_pretrained
+        return save_pretrained(self, directory, tokenizer)
+
     def new_kv_cache(self, batch_size: int = 1, max_length: int | None = None) -> KVCache:
         return KVCache(self.config, batch_size, max_length, dtype=self.wte.weight.dtype)
