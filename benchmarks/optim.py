@@ -1,0 +1,94 @@
+"""How long does an optimizer step take, and how close is it to the memory bandwidth?
+
+    python benchmarks/optim.py                      # GPT-2 124M shapes and a small config
+    python benchmarks/optim.py --config small --optimizer sgd
+    python benchmarks/optim.py --chunk 0 4096 16384 65536   # compare slice sizes (0 = whole)
+
+An AdamW step reads p, g, m, v and writes p, m, v: 7 arrays the size of the model. At a few
+GB/s of memory bandwidth that, not Python, bounds a big model's step; for a small model the
+per-tensor Python overhead is what counts. "GB/s" below is 7 * (parameter bytes) / time for
+AdamW and 3 * (p, g read; p written) or 5 (with momentum) for SGD.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from autograd import optim
+from autograd.nn import Parameter
+
+
+def gpt_shapes(vocab: int, block: int, n_layer: int, n_embd: int) -> list[tuple[int, ...]]:
+    """The parameter shapes of a GPT-2 style model (weights stored (in, out); tied head)."""
+    c = n_embd
+    shapes: list[tuple[int, ...]] = [(vocab, c), (block, c)]
+    for _ in range(n_layer):
+        shapes += [(c,), (c,),                    # ln_1
+                   (c, 3 * c), (3 * c,),          # attn.c_attn
+                   (c, c), (c,),                  # attn.c_proj
+                   (c,), (c,),                    # ln_2
+                   (c, 4 * c), (4 * c,),          # mlp.c_fc
+                   (4 * c, c), (c,)]              # mlp.c_proj
+    shapes += [(c,), (c,)]                        # ln_f
+    return shapes
+
+
+CONFIGS = {
+    "gpt2": dict(vocab=50257, block=1024, n_layer=12, n_embd=768),
+    "small": dict(vocab=65, block=64, n_layer=4, n_embd=128),
+}
+
+
+def make_params(shapes, rng) -> list[Parameter]:
+    params = []
+    for shape in shapes:
+        p = Parameter(rng.standard_normal(shape, dtype=np.float32) * 0.02)
+        p.grad = rng.standard_normal(shape, dtype=np.float32) * 0.01
+        params.append(p)
+    return params
+
+
+def bench(name: str, optimizer: str, repeats: int, rng) -> None:
+    shapes = gpt_shapes(**CONFIGS[name])
+    params = make_params(shapes, rng)
+    n = sum(p.size for p in params)
+    if optimizer == "adamw":
+        opt = optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+        arrays_touched = 7
+    else:
+        opt = optim.SGD(params, lr=1e-3, momentum=0.9)
+        arrays_touched = 5
+    opt.step()                                   # first step allocates the state
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    gigabytes = arrays_touched * n * 4 / 1e9
+    chunk = optim.CHUNK if optim.CHUNK < 1 << 40 else "whole"
+    print(f"{name:6s} {optimizer:5s} chunk={chunk:>6}  tensors={len(params):4d}  "
+          f"params={n / 1e6:8.2f}M  step={best * 1e3:9.2f} ms (median "
+          f"{np.median(times) * 1e3:9.2f})  {gigabytes / best:6.2f} GB/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=["all", *CONFIGS], default="all")
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    parser.add_argument("--chunk", type=int, nargs="*", default=[optim.CHUNK],
+                        help="elements per slice of the update loop; 0 = whole tensors")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed steps (default: 5 for gpt2, 200 for small)")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    for name in (CONFIGS if args.config == "all" else [args.config]):
+        for chunk in args.chunk:
+            optim.CHUNK = chunk if chunk > 0 else 1 << 62
+            bench(name, args.optimizer, args.repeats or (5 if name == "gpt2" else 200), rng)
+
+
+if __name__ == "__main__":
+    main()
