@@ -9,7 +9,7 @@
 from . import functional
 from .random import manual_seed
 from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_grad, split,
-                     stack, tensor, unbroadcast)
+                     stack, unbroadcast)
 
-__all__ = ["Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
+__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
            "stack", "split", "unbroadcast", "manual_seed", "functional"]

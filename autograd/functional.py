@@ -226,27 +226,32 @@ _GELU_K = 0.044715
 def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU, the tanh approximation:
         y = 0.5 x (1 + tanh(u)),   u = c (x + k x^3),   c = sqrt(2/pi), k = 0.044715
-        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 k x^2)
+
+    Since 0.5 (1 + tanh(u)) = sigmoid(2u), this is y = x s with s = 1 / (1 + exp(-2u)): one exp
+    instead of a tanh, which is the slow part on a CPU. With 1 - tanh^2(u) = 4 s (1 - s):
+        dy/dx = s + x * 2 s (1 - s) * du/dx,   du/dx = c (1 + 3 k x^2)
     """
     a = x.data
-    inner = a * a
-    inner *= _GELU_C * _GELU_K
-    inner += _GELU_C
-    inner *= a                                   # u = x (c + c k x^2)
-    t = np.tanh(inner)
-    y = t + 1.0
-    y *= a
-    y *= 0.5
+    s = a * a
+    s *= -2.0 * _GELU_C * _GELU_K
+    s -= 2.0 * _GELU_C
+    s *= a                                       # -2u = -2 c (x + k x^3)
+    with np.errstate(over="ignore"):             # exp(-2u) = inf for very negative x: s = 0
+        np.exp(s, out=s)
+    s += 1.0
+    np.reciprocal(s, out=s)                      # s = sigmoid(2u)
+    y = a * s
 
     def backward(g):
         slope = a * a
         slope *= 3.0 * _GELU_C * _GELU_K
-        slope += _GELU_C                         # du/dx = c (1 + 3 k x^2)
-        slope *= 1.0 - t * t
+        slope += _GELU_C                         # du/dx
         slope *= a
-        slope += 1.0 + t
-        slope *= 0.5
-        return (g * slope,)
+        slope *= 2.0 * s
+        slope *= 1.0 - s
+        slope += s
+        slope *= g
+        return (slope,)
     return Tensor._make(y, (x,), backward, "gelu")
 
 

@@ -14,6 +14,7 @@ dL/d(input) for each input. Shapes are written like `(B, T, C)`.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 # Thread-local so that a server thread generating text cannot switch recording off for another.
 
 _state = threading.local()
+_profiler = None        # an autograd.profiler.OpProfile while one is active
 
 
 def is_grad_enabled() -> bool:
@@ -159,6 +161,8 @@ class Tensor:
             out.requires_grad = False
             out._parents = ()
             out._backward = None
+        if _profiler is not None:
+            _profiler.op_created(op)
         return out
 
     def _lift(self, other) -> "Tensor":
@@ -271,7 +275,12 @@ class Tensor:
                 else:
                     node.grad += g
                 continue
-            parent_grads = node._backward(g)
+            if _profiler is None:
+                parent_grads = node._backward(g)
+            else:
+                start = time.perf_counter()
+                parent_grads = node._backward(g)
+                _profiler.backward_done(node._op, time.perf_counter() - start)
             for parent, pg in zip(node._parents, parent_grads):
                 if pg is None or not parent.requires_grad:
                     continue
@@ -579,7 +588,3 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 def split(x: Tensor, split_size_or_sections, axis: int = -1) -> tuple[Tensor, ...]:
     return x.split(split_size_or_sections, axis)
-
-
-def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)

@@ -1,0 +1,131 @@
+"""Full training steps (forward, backward, gradient clipping, AdamW): ms/iter, tokens/s, peak
+memory, and where the time goes.
+
+    python benchmarks/train.py                 # both configurations below
+    python benchmarks/train.py --config small  # one of them
+
+Configurations (vocabulary 65, as character-level Tiny Shakespeare):
+    small: nanoGPT's shakespeare-char CPU config, n_layer 4, n_head 4, n_embd 128, block 64, batch 12
+    large: n_layer 6, n_head 6, n_embd 384, block 256, batch 16
+Each runs in its own process so that its peak resident memory is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = {
+    "small": dict(model=dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+                  batch=12, steps=30),
+    "large": dict(model=dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384),
+                  batch=16, steps=5),
+}
+# PyTorch 2.13 eager, float32, same model and batch, on the same 2-core machine (the issue's
+# yardstick).
+PYTORCH_TOKENS_PER_SEC = {"small": 15_800, "large": 2_000}
+
+GROUPS = {
+    "linear": "matmuls (linear)",
+    "attention": "attention",
+    "layer_norm": "layer norm",
+    "gelu": "gelu",
+    "clip+adamw": "optimizer (clip + AdamW)",
+    "cross_entropy": "cross-entropy",
+    "embedding": "embedding",
+}
+
+
+def run_one(name: str) -> dict:
+    from autograd import functional as F
+    from autograd.optim import AdamW, clip_grad_norm, decay_groups
+    from autograd.profiler import profile
+    from gpt import GPT, GPTConfig
+
+    spec = CONFIGS[name]
+    config = GPTConfig(**spec["model"])
+    batch, block = spec["batch"], config.block_size
+    model = GPT(config, rng=np.random.default_rng(0))
+    optimizer = AdamW(decay_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    params = model.parameters()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, config.vocab_size, size=(batch, block))
+    y = rng.integers(0, config.vocab_size, size=(batch, block))
+
+    def step(prof=None):
+        model.zero_grad()
+        if prof is not None:
+            prof.mark()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if prof is not None:
+            with prof.section("clip+adamw"):
+                clip_grad_norm(params, 1.0)
+                optimizer.step()
+        else:
+            clip_grad_norm(params, 1.0)
+            optimizer.step()
+
+    for _ in range(3):                       # warm-up: allocations, BLAS threads
+        step()
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    with profile() as prof:
+        n_prof = max(2, spec["steps"] // 3)
+        for _ in range(n_prof):
+            step(prof)
+    totals = prof.totals()
+    grand = sum(totals.values())
+    shares: dict[str, float] = {}
+    for op, seconds in totals.items():
+        group = GROUPS.get(op, "other (reshape, add, indexing, ...)")
+        shares[group] = shares.get(group, 0.0) + seconds / grand
+    return {"config": name, "params": model.num_parameters(), "batch": batch, "block": block,
+            "ms_per_iter": median * 1e3, "best_ms": min(times) * 1e3,
+            "tokens_per_sec": batch * block / median,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "shares": shares}
+
+
+def report(result: dict) -> None:
+    name = result["config"]
+    torch = PYTORCH_TOKENS_PER_SEC[name]
+    print(f"{name}: {result['params']:,} parameters, batch {result['batch']} x block "
+          f"{result['block']}")
+    print(f"  {result['ms_per_iter']:.1f} ms/iter (best {result['best_ms']:.1f}), "
+          f"{result['tokens_per_sec']:,.0f} tokens/s "
+          f"({result['tokens_per_sec'] / torch:.2f}x PyTorch's {torch:,}), "
+          f"peak RSS {result['peak_rss_mb']:.0f} MB")
+    for group, share in sorted(result["shares"].items(), key=lambda kv: -kv[1]):
+        print(f"    {group:<36} {100 * share:5.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=list(CONFIGS), action="append")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child)))
+        return
+    for name in args.config or list(CONFIGS):
+        out = subprocess.run([sys.executable, __file__, "--child", name], check=True,
+                             capture_output=True, text=True).stdout
+        report(json.loads(out.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    main()
