@@ -3,6 +3,7 @@
     python benchmarks/optim.py                      # GPT-2 124M shapes and a small config
     python benchmarks/optim.py --config small --optimizer sgd
     python benchmarks/optim.py --chunk 0 4096 16384 65536   # compare slice sizes (0 = whole)
+    python benchmarks/optim.py --train-step                 # share of a real GPT training step
 
 An AdamW step reads p, g, m, v and writes p, m, v: 7 arrays the size of the model. At a few
 GB/s of memory bandwidth that, not Python, bounds a big model's step; for a small model the
@@ -16,6 +17,7 @@ import time
 
 import numpy as np
 
+from autograd import functional as F
 from autograd import optim
 from autograd.nn import Parameter
 
@@ -74,6 +76,34 @@ def bench(name: str, optimizer: str, repeats: int, rng) -> None:
           f"{np.median(times) * 1e3:9.2f})  {gigabytes / best:6.2f} GB/s")
 
 
+def train_step_share(name: str, batch: int, block: int, repeats: int) -> None:
+    """Time forward + backward of a real GPT against clip + AdamW.step() on its parameters."""
+    from gpt import GPT, GPTConfig      # only here: the rest of the benchmark is autograd alone
+
+    config = GPTConfig.preset("shakespeare-char" if name == "small" else "gpt2")
+    model = GPT(config)
+    opt = optim.AdamW(optim.decay_groups(model, 0.1), lr=1e-4)
+    rng = np.random.default_rng(0)
+    block = min(block, config.block_size)
+    x = rng.integers(0, config.vocab_size, (batch, block))
+    y = rng.integers(0, config.vocab_size, (batch, block))
+    backward_times, optimizer_times = [], []
+    for _ in range(repeats + 1):                 # the first round warms up (allocates state)
+        start = time.perf_counter()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        middle = time.perf_counter()
+        optim.clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        end = time.perf_counter()
+        backward_times.append(middle - start)
+        optimizer_times.append(end - middle)
+    fb, op = min(backward_times[1:]), min(optimizer_times[1:])      # best of: least noise
+    print(f"{name:6s} train step B={batch} T={block}: forward+backward {fb * 1e3:9.1f} ms, "
+          f"clip+AdamW {op * 1e3:7.1f} ms = {op / (fb + op):5.1%} of the step "
+          f"({len(model.parameters())} tensors)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=["all", *CONFIGS], default="all")
@@ -82,8 +112,17 @@ def main() -> None:
                         help="elements per slice of the update loop; 0 = whole tensors")
     parser.add_argument("--repeats", type=int, default=0,
                         help="timed steps (default: 5 for gpt2, 200 for small)")
+    parser.add_argument("--train-step", action="store_true",
+                        help="also time a GPT forward+backward against the optimizer")
+    parser.add_argument("--batch", type=int, default=16, help="--train-step batch size")
+    parser.add_argument("--block", type=int, default=128,
+                        help="--train-step sequence length (capped at the model's)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.train_step:
+        for name in (["small", "gpt2"] if args.config == "all" else [args.config]):
+            train_step_share(name, args.batch, args.block, args.repeats or 5)
+        return
     for name in (CONFIGS if args.config == "all" else [args.config]):
         for chunk in args.chunk:
             optim.CHUNK = chunk if chunk > 0 else 1 << 62
