@@ -84,9 +84,11 @@ def count_chunks(
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"training text must be str, not {type(text).__name__}")
-        for piece in cutter.split(text) if cutter is not None else (text,):
+        for piece in cutter.splititer(text) if cutter is not None else (text,):
             if splitter is not None:
-                counts.update(splitter.findall(piece))
+                # finditer, not findall: chunks are counted as they are found, never listed, so
+                # memory follows the distinct chunks. map + Counter.update keep the loop in C.
+                counts.update(map(regex.Match.group, splitter.finditer(piece)))
             elif piece:
                 counts[piece] += 1
     return counts

@@ -358,3 +358,13 @@ def test_char_tokenizer_special_tokens():
         tok.encode(story)
     assert tok.encode_batch(["Once", "The"]) == [tok.encode("Once"), tok.encode("The")]
     assert tok.id_to_token(tok.eot_id) == EOT
+
+
+def test_docstring_examples():
+    import doctest
+
+    import bpe.char
+    import bpe.tokenizer
+
+    for module in (bpe.tokenizer, bpe.char):
+        assert doctest.testmod(module).failed == 0
