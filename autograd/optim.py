@@ -47,6 +47,8 @@ class Optimizer:
     or have none this step, are skipped by `step()`.
     """
 
+    scratch_rows = 1            # scratch slices a subclass's update needs for intermediates
+
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
         if isinstance(params, Module):
@@ -161,8 +163,6 @@ class Optimizer:
         for start in range(0, n, CHUNK):
             stop = min(start + CHUNK, n)
             yield (*(a[start:stop] for a in flat), *(s[:stop - start] for s in scratch[:rows]))
-
-    scratch_rows = 1
 
     def zero_grad(self) -> None:
         """Set the gradient of every parameter in the groups to None."""
