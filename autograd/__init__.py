@@ -6,10 +6,12 @@
     from autograd.optim import AdamW, clip_grad_norm
     from autograd.gradcheck import gradcheck
 """
-from . import functional
+from . import functional, nn, optim
+from .nn import Module, Parameter
 from .random import manual_seed
 from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_grad, split,
                      stack, unbroadcast)
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
-           "stack", "split", "unbroadcast", "manual_seed", "functional"]
+           "stack", "split", "unbroadcast", "manual_seed", "functional", "nn", "optim", "Module",
+           "Parameter"]

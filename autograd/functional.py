@@ -20,7 +20,8 @@ from .random import default_rng
 from .tensor import Tensor
 
 __all__ = ["linear", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu",
-           "embedding", "dropout", "scaled_dot_product_attention", "relu", "tanh"]
+           "embedding", "dropout", "scaled_dot_product_attention", "multi_head_attention",
+           "relu", "tanh"]
 
 
 def _needs(t: Tensor | None) -> bool:
@@ -359,38 +360,91 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), "
                          f"got {dropout_p}")
-    qd, kd, vd = q.data, k.data, v.data
-    scale = 1.0 / math.sqrt(qd.shape[-1])
+    saved = _attention_forward(q.data, k.data, v.data, is_causal, dropout_p, rng)
 
-    p = qd @ kd.swapaxes(-1, -2)                      # (B, H, T, S)
+    def backward(g):
+        return _attention_backward(g, saved, q.requires_grad, k.requires_grad, v.requires_grad)
+    return Tensor._make(saved.out, (q, k, v), backward, "attention")
+
+
+class _AttentionSaved:
+    """What the attention backward needs from the forward: the inputs, P, P' and the output."""
+    __slots__ = ("q", "k", "v", "p", "p_used", "mask", "out", "scale")
+
+
+def _attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, is_causal: bool,
+                       dropout_p: float, rng) -> _AttentionSaved:
+    """The arithmetic of attention on arrays (B, H, T, D) / (B, H, S, D); see
+    `scaled_dot_product_attention` for the math. The arrays may be strided views."""
+    saved = _AttentionSaved()
+    saved.q, saved.k, saved.v = q, k, v
+    saved.scale = scale = 1.0 / math.sqrt(q.shape[-1])
+    p = q @ k.swapaxes(-1, -2)                        # (B, H, T, S)
     p *= scale
     if is_causal:
-        p += causal_bias(qd.shape[2], kd.shape[2], p.dtype)
+        p += causal_bias(q.shape[2], k.shape[2], p.dtype)
     p -= p.max(axis=-1, keepdims=True)
     np.exp(p, out=p)
     p /= p.sum(axis=-1, keepdims=True)                # P
-
-    mask = None
+    saved.p = p
+    saved.mask = None
+    saved.p_used = p
     if dropout_p > 0.0:
         rng = rng if rng is not None else default_rng()
         mask = (rng.random(p.shape, dtype=np.float32) >= dropout_p).astype(p.dtype)
         mask *= 1.0 / (1.0 - dropout_p)
-        p_used = p * mask                              # P'
-    else:
-        p_used = p
-    out = p_used @ vd                                 # (B, H, T, D)
+        saved.mask = mask
+        saved.p_used = p * mask                       # P'
+    saved.out = saved.p_used @ v                      # (B, H, T, D)
+    return saved
+
+
+def _attention_backward(g: np.ndarray, saved: _AttentionSaved, need_q: bool, need_k: bool,
+                        need_v: bool) -> tuple:
+    """dQ, dK, dV (None where not needed) from G = dL/dO; the math is in the docstring of
+    `scaled_dot_product_attention`."""
+    gv = saved.p_used.swapaxes(-1, -2) @ g if need_v else None
+    gq = gk = None
+    if need_q or need_k:
+        dp = g @ saved.v.swapaxes(-1, -2)             # (B, H, T, S)
+        if saved.mask is not None:
+            dp *= saved.mask
+        dp -= np.sum(g * saved.out, axis=-1, keepdims=True)
+        dp *= saved.p
+        dp *= saved.scale                             # dA
+        gq = dp @ saved.k if need_q else None
+        gk = dp.swapaxes(-1, -2) @ saved.q if need_k else None
+    return gq, gk, gv
+
+
+def multi_head_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0,
+                         rng: np.random.Generator | None = None) -> Tensor:
+    """Causal multi-head self-attention on a packed projection: qkv (B, T, 3C) -> (B, T, C).
+
+    The same computation as splitting qkv into q, k, v, reshaping each to (B, H, T, D) heads,
+    calling `scaled_dot_product_attention` and putting the heads side by side again; but fused
+    into one op. The heads are *views* into qkv (no copies), and the backward writes dQ, dK, dV
+    straight into one (B, T, 3C) gradient, where the composed version would allocate a
+    full-size zero gradient for each of the three slices and add them up.
+    """
+    B, T, three_c = qkv.shape
+    if three_c % 3 or (three_c // 3) % n_head:
+        raise ValueError(f"multi_head_attention: last axis {three_c} is not 3 * n_embd with "
+                         f"n_embd divisible by n_head={n_head}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"multi_head_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    C = three_c // 3
+    D = C // n_head
+    # (B, T, 3, H, D) view -> q, k, v each (B, H, T, D), still views into qkv.data
+    heads = qkv.data.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)
+    saved = _attention_forward(heads[0], heads[1], heads[2], True, dropout_p, rng)
+    out = saved.out.transpose(0, 2, 1, 3).reshape(B, T, C)      # heads side by side
 
     def backward(g):
-        gv = p_used.swapaxes(-1, -2) @ g if v.requires_grad else None
-        gq = gk = None
-        if q.requires_grad or k.requires_grad:
-            dp = g @ vd.swapaxes(-1, -2)              # (B, H, T, S)
-            if mask is not None:
-                dp *= mask
-            dp -= np.sum(g * out, axis=-1, keepdims=True)
-            dp *= p
-            dp *= scale                               # dA
-            gq = dp @ kd if q.requires_grad else None
-            gk = dp.swapaxes(-1, -2) @ qd if k.requires_grad else None
-        return gq, gk, gv
-    return Tensor._make(out, (q, k, v), backward, "attention")
+        g_heads = g.reshape(B, T, n_head, D).transpose(0, 2, 1, 3)   # (B, H, T, D) view
+        gq, gk, gv = _attention_backward(g_heads, saved, True, True, True)
+        grad = np.empty((B, T, 3, n_head, D), dtype=qkv.dtype)
+        for i, part in enumerate((gq, gk, gv)):
+            grad[:, :, i] = part.transpose(0, 2, 1, 3)
+        return (grad.reshape(B, T, three_c),)
+    return Tensor._make(out, (qkv,), backward, "attention")

@@ -284,6 +284,12 @@ OP_CHECKS: list[OpCheck] = [
     _attention_check((1, 3, 4, 8), (1, 3, 4, 8), is_causal=False),
     _attention_check((2, 2, 2, 4), (2, 2, 5, 4), is_causal=True),
     _attention_check((2, 2, 5, 4), (2, 2, 5, 4), is_causal=True, dropout_p=0.25),
+    OpCheck("multi_head_attention", "qkv(2, 5, 12) H=2",
+            lambda rng: ((lambda qkv: F.multi_head_attention(qkv, 2)), [_t(rng, 2, 5, 12)])),
+    OpCheck("multi_head_attention", "qkv(1, 4, 24) H=4 dropout=0.2",
+            lambda rng: ((lambda qkv: F.multi_head_attention(qkv, 4, 0.2,
+                                                            np.random.default_rng(5))),
+                         [_t(rng, 1, 4, 24)])),
     _transformer_check(2),
 ]
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from autograd import Tensor
 from autograd import functional as F
-from autograd.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
+from autograd.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList,
+                         init_skipped)
 from autograd.random import default_rng
 
 from .config import GPTConfig
@@ -78,17 +79,21 @@ class CausalSelfAttention(Module):
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
         B, T, C = x.shape
-        H, D = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                          # (B, T, 3C)
-        # (B, T, 3, H, D) -> (3, B, H, T, D): the heads become a batch axis for attention.
-        qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                              # (B, H, T, D) each
-        if kv_cache is not None:
+        dropout_p = self.dropout_p if self.training else 0.0
+        if kv_cache is None:
+            # Training and plain evaluation: one fused op splits the heads, attends, merges.
+            y = F.multi_head_attention(qkv, self.n_head, dropout_p)      # (B, T, C)
+        else:
+            # Generation: the new keys and values join the cached ones first.
+            H, D = self.n_head, C // self.n_head
+            # (B, T, 3, H, D) -> (3, B, H, T, D): the heads become a batch axis.
+            qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]                          # (B, H, T, D) each
             keys, values = kv_cache.store(layer, k.data, v.data)     # (B, H, S, D)
-            k, v = Tensor(keys), Tensor(values)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout_p if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)                         # heads side by side
+            y = F.scaled_dot_product_attention(q, Tensor(keys), Tensor(values), is_causal=True,
+                                               dropout_p=dropout_p)
+            y = y.transpose(1, 2).reshape(B, T, C)                     # heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -132,7 +137,8 @@ class GPT(Module):
         self.drop = Dropout(config.dropout)
         self.h = ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
-        self.init_weights(rng)
+        if not init_skipped():          # inside autograd.nn.skip_init(): weights come next
+            self.init_weights(rng)
 
     def init_weights(self, rng: np.random.Generator | None = None) -> None:
         """GPT-2's initialisation: weights normal(0, 0.02), biases 0, LayerNorms 1 and 0.

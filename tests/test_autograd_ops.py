@@ -249,3 +249,13 @@ def test_other_shape_errors():
         Tensor(np.ones(6)).reshape(4, 2)
     with pytest.raises(ValueError, match=r"\(B, H, T, D\)"):
         F.scaled_dot_product_attention(*(Tensor(np.ones((2, 3, 4))) for _ in range(3)))
+
+
+def test_multi_head_attention_equals_split_heads_then_attention():
+    B, T, H, D = 2, 5, 3, 4
+    qkv = rng.standard_normal((B, T, 3 * H * D))
+    fused = F.multi_head_attention(Tensor(qkv), H).data
+    q, k, v = (qkv[..., i * H * D:(i + 1) * H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3)
+               for i in range(3))
+    expected = _attention_reference(q, k, v, causal=True).transpose(0, 2, 1, 3).reshape(B, T, -1)
+    np.testing.assert_allclose(fused, expected, rtol=1e-10)
