@@ -158,9 +158,12 @@ class GPT(Module):
             if getattr(module, "bias", None) is not None:
                 module.bias.data[...] = 0.0
 
-    def forward(self, idx, kv_cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+    def forward(self, idx, kv_cache: KVCache | None = None, last_only: bool = False,
+                return_hidden: bool = False) -> Tensor:
         """Logits for every position of `idx` (B, T), or for the last one only (`last_only`,
         what generation needs: the output head is the biggest matmul at a large vocabulary).
+        `return_hidden`: the final hidden states (B, T, C) after ln_f instead of logits, for a
+        head of one's own (classification fine-tuning).
 
         With a `kv_cache`, `idx` holds only the new tokens; their positions continue after the
         cached ones, and the cache is extended by T.
@@ -189,6 +192,8 @@ class GPT(Module):
         if last_only:
             x = x[:, -1:, :]
         x = self.ln_f(x)
+        if return_hidden:
+            return x                                                  # (B, T, C)
         return F.linear(x, self.wte.weight.T)                         # (B, T, V)
 
     @classmethod
