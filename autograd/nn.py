@@ -17,6 +17,8 @@ and backward passes live. They contain no math of their own.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -26,7 +28,48 @@ from .random import default_rng
 from .tensor import Tensor
 
 __all__ = ["Parameter", "Module", "Linear", "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU",
-           "Tanh", "Sequential", "ModuleList", "StateDictError"]
+           "Tanh", "Sequential", "ModuleList", "StateDictError", "skip_init", "init_skipped"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building without initialising
+
+_SKIP_INIT: ContextVar[bool] = ContextVar("skip_init", default=False)
+
+
+@contextmanager
+def skip_init() -> Iterator[None]:
+    """Build layers whose parameters are left uninitialised, for weights that are loaded next.
+
+        with skip_init():
+            model = GPT(config)          # shapes only: every parameter is np.empty
+        # ... now give every parameter its real array
+
+    Drawing random weights for a 1.5B-parameter model takes seconds and, with the float64
+    temporaries NumPy's generators make, several times the model's memory, all to be thrown
+    away by the load that follows. `np.empty` costs nothing: the operating system hands out
+    memory pages only when they are first written, and a parameter whose array is replaced
+    before then never occupies any. Until then the parameters hold garbage: load or
+    initialise every one of them before use. (PyTorch has the same idea as
+    `torch.nn.utils.skip_init` and the "meta" device.)
+    """
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def init_skipped() -> bool:
+    """True inside `skip_init()`: constructors should allocate, not initialise."""
+    return _SKIP_INIT.get()
+
+
+def _initial(shape: int | tuple[int, ...], dtype, draw: Callable[[], np.ndarray]) -> np.ndarray:
+    # `draw()` is only called when initialising, so skip_init() also skips the random draws.
+    if _SKIP_INIT.get():
+        return np.empty(shape, dtype=dtype)
+    return np.asarray(draw(), dtype=dtype)
 
 
 class Parameter(Tensor):
@@ -364,9 +407,11 @@ class Linear(Module):
         bound = 1.0 / np.sqrt(in_features)
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = Parameter(
-            rng.uniform(-bound, bound, (in_features, out_features)).astype(dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) \
+        self.weight = Parameter(_initial((in_features, out_features), dtype,
+                                         lambda: rng.uniform(-bound, bound,
+                                                             (in_features, out_features))))
+        self.bias = Parameter(_initial(out_features, dtype,
+                                       lambda: rng.uniform(-bound, bound, out_features))) \
             if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -391,8 +436,9 @@ class Embedding(Module):
         rng = rng if rng is not None else default_rng()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.weight = Parameter(
-            rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+        self.weight = Parameter(_initial((num_embeddings, embedding_dim), dtype,
+                                         lambda: rng.standard_normal((num_embeddings,
+                                                                      embedding_dim))))
 
     def forward(self, ids) -> Tensor:
         return F.embedding(ids, self.weight)
@@ -414,8 +460,10 @@ class LayerNorm(Module):
         _check_sizes("LayerNorm", normalized_shape=normalized_shape)
         self.normalized_shape = normalized_shape
         self.eps = eps
-        self.weight = Parameter(np.ones(normalized_shape, dtype=dtype))
-        self.bias = Parameter(np.zeros(normalized_shape, dtype=dtype)) if bias else None
+        self.weight = Parameter(_initial(normalized_shape, dtype,
+                                         lambda: np.ones(normalized_shape)))
+        self.bias = Parameter(_initial(normalized_shape, dtype,
+                                       lambda: np.zeros(normalized_shape))) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.weight, self.bias, eps=self.eps)

@@ -101,3 +101,61 @@ def read_gpt2_files(
     n_regular = 256 + len(merges)
     specials = {t: i for t, i in encoder.items() if i >= n_regular}
     return merges, byte_order, specials
+
+
+# -- writing: the inverse of read_gpt2_files ---------------------------------------------------
+
+
+def gpt2_files_problem(tokenizer: object) -> str | None:
+    """Why ``tokenizer`` cannot be written as GPT-2 files, or None if it can.
+
+    GPT-2's files have no room for a split pattern: every program that reads them (OpenAI's
+    encoder, Hugging Face's ``GPT2Tokenizer``) splits with GPT-2's. They name tokens by text,
+    so two tokens with the same bytes (two merges that happen to spell the same string) could
+    not both be written. A tokenizer passing these checks encodes, in those programs, exactly
+    as it does here.
+    """
+    from .patterns import GPT2_PATTERN
+
+    if not (hasattr(tokenizer, "merges") and hasattr(tokenizer, "pattern")):
+        return f"{type(tokenizer).__name__} is not a byte-level BPE tokenizer"
+    if tokenizer.pattern != GPT2_PATTERN:
+        return "its split pattern is not GPT-2's (GPT-2's files cannot name another)"
+    seen: dict[str, int] = {}
+    for token_id, token in enumerate(_gpt2_token_texts(tokenizer)):
+        if token in seen:
+            return f"tokens {seen[token]} and {token_id} are both {token!r}"
+        seen[token] = token_id
+    return None
+
+
+def _gpt2_token_texts(tokenizer) -> list[str]:
+    """Every token as GPT-2's files spell it: regular tokens through the printable byte table,
+    special tokens as their own text."""
+    table = byte_to_char()
+    n_regular = 256 + len(tokenizer.merges)
+    texts = ["".join(table[b] for b in tokenizer.token_to_bytes(i)) for i in range(n_regular)]
+    specials = sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
+    return texts + [text for text, _ in specials]
+
+
+def save_gpt2_files(
+    tokenizer, directory: str | os.PathLike, names: tuple[str, str] = ("vocab.json", "merges.txt")
+) -> tuple[Path, Path]:
+    """Write ``tokenizer`` as GPT-2's two files (Hugging Face's names by default).
+
+    The output has the layout of OpenAI's own files, byte for byte: ``vocab.json`` is one line
+    of JSON, token -> id in id order; ``merges.txt`` is a ``#version: 0.2`` line and then one
+    ``left right`` line per merge. So ``Tokenizer.from_gpt2(directory)`` (or Hugging Face's
+    ``GPT2Tokenizer``) reads back the same tokenizer. Raises ValueError, saying why, when
+    `gpt2_files_problem` finds the tokenizer cannot be written this way.
+    """
+    problem = gpt2_files_problem(tokenizer)
+    if problem is not None:
+        raise ValueError(f"cannot write GPT-2 vocabulary files: {problem}")
+    texts = _gpt2_token_texts(tokenizer)
+    vocab_path, merges_path = Path(directory) / names[0], Path(directory) / names[1]
+    vocab_path.write_text(json.dumps({text: i for i, text in enumerate(texts)}), encoding="utf-8")
+    lines = ["#version: 0.2\n"] + [f"{texts[a]} {texts[b]}\n" for a, b in tokenizer.merges]
+    merges_path.write_text("".join(lines), encoding="utf-8")
+    return vocab_path, merges_path

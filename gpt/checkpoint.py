@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from autograd.nn import StateDictError
+from autograd.nn import skip_init
 from autograd.optim import join_arrays, split_arrays
 
 from .config import GPTConfig
@@ -145,10 +145,65 @@ def weights_from_hf(tensors: dict[str, np.ndarray], source: object) -> dict[str,
             head = array
         elif not _HF_BUFFER.match(name):
             state[name] = array
-    if head is not None and "wte.weight" in state and not np.array_equal(head, state["wte.weight"]):
+    if head is not None and "wte.weight" in state and not _same_values(head, state["wte.weight"]):
         raise CheckpointError(f"{source}: lm_head.weight differs from wte.weight; only tied "
-                              f"output heads are supported")
+                              f"output heads are supported (GPT-2's output layer is its token "
+                              f"embedding)")
     return state
+
+
+def _same_values(a: np.ndarray, b: np.ndarray, rows: int = 4096) -> bool:
+    # Block by block: np.array_equal would make a boolean temporary as large as the matrix.
+    if a.shape != b.shape:
+        return False
+    return all(np.array_equal(a[i:i + rows], b[i:i + rows]) for i in range(0, len(a), rows))
+
+
+def adopt_weights(model: GPT, state: dict[str, np.ndarray], dtype=np.float32,
+                  source: object = "weights") -> None:
+    """Make the arrays of `state` the model's parameters, copying only what must be copied.
+
+    Unlike `Module.load_state_dict`, which copies into the arrays a model already has, this
+    *rebinds* each `Parameter.data` to the given array when it is already what a parameter
+    must be: `dtype`, C-contiguous, aligned and writeable. A copy-on-write memory map of a
+    float32 checkpoint passes, so the model's parameters are the file's pages: no second copy.
+    F16/BF16 tensors (widened by the reader), other dtypes and misaligned data are copied.
+
+    Every name and shape is checked before anything changes; a mismatch raises a
+    CheckpointError listing the missing, unexpected and mis-shaped tensors.
+    """
+    dtype = np.dtype(dtype)
+    params = dict(model.named_parameters())
+    missing = [name for name in params if name not in state]
+    unexpected = [name for name in state if name not in params]
+    mismatched = [(name, params[name].shape, tuple(state[name].shape))
+                  for name in params if name in state and params[name].shape != state[name].shape]
+    not_float = [(name, state[name].dtype) for name in params
+                 if name in state and state[name].dtype.kind != "f"]
+    if missing or unexpected or mismatched or not_float:
+        lines = [f"{source}: the weights do not fit the config in {CONFIG_FILE}:"]
+        if missing:
+            lines.append(f"  missing tensors ({len(missing)}): {_some(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected tensors ({len(unexpected)}): {_some(unexpected)}")
+        for name, expected, got in mismatched[:10]:
+            lines.append(f"  shape mismatch for '{name}': the config needs {expected}, the file "
+                         f"has {got}")
+        for name, got in not_float[:10]:
+            lines.append(f"  '{name}' holds {got}, not floating-point numbers")
+        raise CheckpointError("\n".join(lines))
+    for name, p in params.items():
+        array = state[name]
+        flags = array.flags
+        if not (array.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable):
+            array = np.array(array, dtype=dtype, order="C")
+        p.data = array
+        p.grad = None
+
+
+def _some(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def save_pretrained(model: GPT, directory: str | os.PathLike, tokenizer=None) -> Path:
@@ -164,10 +219,18 @@ def save_pretrained(model: GPT, directory: str | os.PathLike, tokenizer=None) ->
 
 
 def save_tokenizer(tokenizer, directory: Path) -> None:
+    """Our tokenizer file, plus GPT-2's vocab.json + merges.txt when the tokenizer fits them.
+
+    Only a byte-level BPE with GPT-2's split pattern fits (GPT-2's own, or one trained here
+    with `pattern="gpt2"`): Hugging Face's GPT2Tokenizer then encodes exactly as we do. For any
+    other tokenizer, writing those files would give transformers a tokenizer that disagrees
+    with the model, so none are written.
+    """
+    from bpe.gpt2 import gpt2_files_problem, save_gpt2_files
+
     tokenizer.save(directory / TOKENIZER_FILE)
-    export = getattr(tokenizer, "save_gpt2_files", None)
-    if export is not None and getattr(tokenizer, "is_gpt2_layout", False):
-        export(directory)
+    if gpt2_files_problem(tokenizer) is None:
+        save_gpt2_files(tokenizer, directory)
 
 
 def load_tokenizer_from(directory: str | os.PathLike):
@@ -182,7 +245,11 @@ def load_tokenizer_from(directory: str | os.PathLike):
         vocab, merges = find_gpt2_files(directory)
     except FileNotFoundError:
         return None
-    return Tokenizer.from_gpt2(vocab, merges)
+    try:
+        return Tokenizer.from_gpt2(vocab, merges)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{directory}: the GPT-2 tokenizer files {vocab.name} and "
+                              f"{merges.name} are damaged: {error}") from None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -202,29 +269,50 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for name in ("best", "latest", "best.old", "latest.old"):
         if (path / name / WEIGHTS_FILE).is_file():
             return path / name
+    if (path / f"{WEIGHTS_FILE}.index.json").is_file():
+        raise CheckpointError(f"{path} holds a sharded checkpoint ({WEIGHTS_FILE}.index.json), "
+                              f"which is not supported: save it as one {WEIGHTS_FILE}")
+    if (path / "pytorch_model.bin").is_file():
+        raise CheckpointError(f"{path} holds only pytorch_model.bin, a PyTorch pickle, which is "
+                              f"not read here (unpickling runs code): get the {WEIGHTS_FILE} of "
+                              f"the same model")
     raise CheckpointError(f"no checkpoint in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}, "
                           f"or a run directory with best/ or latest/")
 
 
 def load_pretrained(path: str | os.PathLike, dtype=np.float32, **config_overrides) -> GPT:
-    """Build a GPT from a checkpoint directory (ours or Hugging Face's GPT-2 layout)."""
+    """Build a GPT from a checkpoint directory (ours or Hugging Face's GPT-2 layout).
+
+    `path` may also be a run directory (see `resolve_checkpoint`). `config_overrides` replace
+    fields of the stored config (`dropout=0.1` for fine-tuning; a shape field that disagrees
+    with the weights is an error). `dtype=np.float64` gives a model for gradient checks.
+
+    Memory: a float32 file costs about its own size, once. The file is memory-mapped
+    copy-on-write and its arrays become the parameters themselves (`adopt_weights`); the
+    model is built inside `skip_init()`, so no random weights are drawn only to be thrown
+    away. Pages are read from disk as they are first used, and a page that training writes
+    becomes private to this process; the file never changes. F16/BF16 files are widened to
+    float32 (new arrays, twice the file's size).
+    """
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"load_pretrained: dtype must be float32 or float64, got {dtype}")
     directory = resolve_checkpoint(path)
     config = read_config(directory)
     if config_overrides:
-        config = GPTConfig(**{**config.to_dict(), **config_overrides})
+        try:
+            config = GPTConfig(**{**config.to_dict(), **config_overrides})
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{directory}: cannot apply {config_overrides}: "
+                                  f"{error}") from None
     try:
-        tensors = load_file(directory / WEIGHTS_FILE)
+        tensors = load_file(directory / WEIGHTS_FILE, writable=True)
     except SafetensorsError as error:
-        raise CheckpointError(f"{directory / WEIGHTS_FILE}: {error}") from None
+        raise CheckpointError(f"{error}") from None
     state = weights_from_hf(tensors, directory / WEIGHTS_FILE)
-    model = GPT(config)
-    try:
-        model.load_state_dict(state)
-    except StateDictError as error:
-        raise CheckpointError(f"{directory}: the weights do not fit the config in "
-                              f"{CONFIG_FILE}:\n{error}") from None
-    del tensors, state                     # release the memory map
-    return model.to(dtype) if dtype != np.float32 else model
+    with skip_init():
+        model = GPT(config)
+    adopt_weights(model, state, dtype, source=directory)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------

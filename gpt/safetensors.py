@@ -163,16 +163,25 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def load_file(path: str | os.PathLike, *, widen: bool = True) -> dict[str, np.ndarray]:
+def load_file(
+    path: str | os.PathLike, *, widen: bool = True, writable: bool = False
+) -> dict[str, np.ndarray]:
     """Load every tensor of a safetensors file, memory-mapped, in the file's order.
 
     Returned arrays are read-only views of the mapped file (no copy), except when
     `widen=True` turns F16 and BF16 tensors into new float32 arrays. With `widen=False`,
     F16 stays float16 and BF16 comes back as its raw uint16 bits (NumPy has no bfloat16).
+
+    `writable=True` maps the file copy-on-write instead: the arrays can be written (a model
+    can train them in place), a written page becomes a private copy in this process, and the
+    file itself never changes. Pages that are only read stay shared with the operating
+    system's file cache, so a model whose parameters *are* these arrays costs no second copy.
+    The file must not be changed in place while mapped (replacing it by a rename, as
+    `save_file` does, is safe: the mapping keeps the old file).
     """
     tensors, _, data_start = _read_header(path)
     # Map the whole file once; np.memmap cannot map zero bytes, and the header makes it non-empty.
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    mapped = np.memmap(path, dtype=np.uint8, mode="c" if writable else "r")
     out: dict[str, np.ndarray] = {}
     for name, info in tensors.items():
         raw = mapped[data_start + info.begin : data_start + info.end]
