@@ -32,7 +32,7 @@ import regex
 
 from .apply import LONG_CHUNK, apply_merges
 from .base import BaseTokenizer
-from .patterns import pattern_name, resolve_pattern
+from .patterns import ascii_splitter, pattern_name, resolve_pattern
 from .train import MAX_VOCAB, count_chunks, learn_merges
 
 # Remembered chunk encodings; past this many the memo is emptied and starts again.
@@ -73,6 +73,8 @@ class Tokenizer(BaseTokenizer):
             raise ValueError(f"vocabulary too large: at most {MAX_VOCAB} tokens are supported")
         self._pattern = resolve_pattern(pattern)
         self._chunk_re = regex.compile(self._pattern) if self._pattern is not None else None
+        # Splitting is most of the cost of encoding; ASCII text can use a faster equivalent.
+        self._ascii_re = ascii_splitter(self._pattern)
 
         if byte_order is None:
             byte_order = range(256)
@@ -196,7 +198,12 @@ class Tokenizer(BaseTokenizer):
         """Encode text treating special-token text as plain text: the fast path for corpora."""
         if not text:
             return []
-        chunks = self._chunk_re.findall(text) if self._chunk_re is not None else [text]
+        if self._ascii_re is not None and text.isascii():
+            chunks = self._ascii_re.findall(text)
+        elif self._chunk_re is not None:
+            chunks = self._chunk_re.findall(text)
+        else:
+            chunks = [text]
         cache = self._cache
         missing = set(chunks).difference(cache)
         if missing:

@@ -40,6 +40,7 @@ usual convention, and the one whose results are quoted in the tests.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from heapq import heapify, heappop, heappush
 from typing import Iterable, Mapping
@@ -47,7 +48,7 @@ from typing import Iterable, Mapping
 import regex
 from tqdm import tqdm
 
-from .patterns import special_token_regex
+from .patterns import ascii_splitter, special_token_regex
 
 # A pair (a, b) is packed into one int, a << ID_BITS | b: int dictionary keys hash and compare
 # faster than tuples, and the heap key below can carry count and pair in one int.
@@ -79,15 +80,18 @@ def count_chunks(
     if isinstance(texts, str):
         texts = (texts,)
     splitter = regex.compile(pattern) if pattern is not None else None
+    fast_splitter = ascii_splitter(pattern)
     cutter = special_token_regex(special_tokens)
     counts: Counter[str] = Counter()
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"training text must be str, not {type(text).__name__}")
         for piece in cutter.splititer(text) if cutter is not None else (text,):
-            if splitter is not None:
-                # finditer, not findall: chunks are counted as they are found, never listed, so
-                # memory follows the distinct chunks. map + Counter.update keep the loop in C.
+            # finditer, not findall: chunks are counted as they are found, never listed, so
+            # memory follows the distinct chunks. map + Counter.update keep the loop in C.
+            if fast_splitter is not None and piece.isascii():
+                counts.update(map(re.Match.group, fast_splitter.finditer(piece)))
+            elif splitter is not None:
                 counts.update(map(regex.Match.group, splitter.finditer(piece)))
             elif piece:
                 counts[piece] += 1

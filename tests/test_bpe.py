@@ -8,10 +8,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import regex
 
 from _paths import data_file
 from bpe import CharTokenizer, Tokenizer, TokenizerFileError, load_tokenizer
 from bpe.apply import merge_long, merge_short
+from bpe.patterns import GPT2_PATTERN, GPT4_PATTERN, ascii_splitter
 from bpe.train import count_chunks, learn_merges
 
 EOT = "<|endoftext|>"
@@ -162,6 +164,19 @@ def test_short_and_long_merging_agree():
         assert merge_short(ids, table) == merge_long(ids, table)
     long_text = "".join(rng.choice("aab ") for _ in range(5000))
     assert tok.decode(tok.encode(long_text)) == long_text
+
+
+@pytest.mark.parametrize("pattern", [GPT2_PATTERN, GPT4_PATTERN])
+def test_ascii_fast_split_equals_the_unicode_split(pattern, shakespeare):
+    slow, fast = regex.compile(pattern), ascii_splitter(pattern)
+    rng = random.Random(4)
+    tricky = list(" \t\n\r\x0b\x0c\x1c\x1f'sdmtlvrSDMTLVRE09aZ.!-_")
+    everything = [chr(c) for c in range(128)]
+    for _ in range(3000):
+        pool = tricky if rng.random() < 0.7 else everything
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(0, 30)))
+        assert fast.findall(s) == slow.findall(s), s
+    assert fast.findall(shakespeare) == slow.findall(shakespeare)
 
 
 @pytest.mark.parametrize("text", ROUND_TRIP_TEXTS)
