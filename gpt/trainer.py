@@ -433,6 +433,9 @@ class _GracefulInterrupt:
         return False
 
 
+GracefulInterrupt = _GracefulInterrupt      # the public name: gpt.finetune's loop uses it too
+
+
 def evaluate_and_checkpoint(run: Run, bar) -> dict[str, float]:
     s = run.settings
     losses = estimate_loss(run.model, run.data, s.batch_size, s.eval_iters, s.seed)
