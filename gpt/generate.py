@@ -85,13 +85,15 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
 
 def generate_tokens(model: GPT, prompt_ids: Sequence[int], params: SamplingParams | None = None,
                     rng: np.random.Generator | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Iterator[int]:
+                    should_stop: Callable[[], bool] | None = None,
+                    on_logits: Callable[[np.ndarray], None] | None = None) -> Iterator[int]:
     """Yield new token ids one at a time (batch of one), with a KV cache.
 
     When the context fills up, generation carries on: the cache is rebuilt from the most recent
     three quarters of the context ("re-prefill") and decoding continues from there, so a long
     generation never crashes and never feeds the model positions it has no embedding for.
     `should_stop()` is polled before each token (a disconnected client, say).
+    `on_logits(row)` sees each step's (V,) logits before sampling (to inspect or test them).
     """
     params = params or SamplingParams()
     rng = rng if rng is not None else np.random.default_rng(params.seed)
@@ -115,6 +117,8 @@ def generate_tokens(model: GPT, prompt_ids: Sequence[int], params: SamplingParam
             for _ in range(params.max_new_tokens):
                 if should_stop is not None and should_stop():
                     return
+                if on_logits is not None:
+                    on_logits(logits)
                 token = sample_next(logits, params, rng, ids)
                 if token in stop:
                     return
@@ -140,9 +144,10 @@ def generate(model: GPT, prompt_ids: Sequence[int], params: SamplingParams | Non
     return list(generate_tokens(model, prompt_ids, params))
 
 
-def generate_uncached(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+def generate_uncached(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int,
+                      on_logits: Callable[[np.ndarray], None] | None = None) -> list[int]:
     """Greedy decoding by re-running the whole context every step: the slow, obviously-correct
-    reference that the cached path is tested against."""
+    reference that the cached path is tested against (`on_logits` as in generate_tokens)."""
     ids = list(prompt_ids)
     block = model.config.block_size
     model_was_training = model.training
@@ -151,6 +156,8 @@ def generate_uncached(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int
         with no_grad():
             for _ in range(max_new_tokens):
                 logits = model(np.array([ids[-block:]]), last_only=True).data[0, -1]
+                if on_logits is not None:
+                    on_logits(logits)
                 ids.append(int(np.argmax(logits)))
     finally:
         model.train(model_was_training)

@@ -19,6 +19,21 @@ def test_cached_greedy_equals_uncached(model):
         generate_uncached(model, prompt, 9)
 
 
+def test_cached_and_uncached_logits_agree_at_every_step(model):
+    # Prefill of a 5-token prompt, then 10 one-token decode steps, up to the full context of 16.
+    prompt = [7, 1, 30, 22, 5]
+    cached, uncached = [], []
+    tokens = list(generate_tokens(
+        model, prompt, SamplingParams(max_new_tokens=11, temperature=0),
+        on_logits=lambda row: cached.append(row.copy())))
+    assert generate_uncached(model, prompt, 11,
+                             on_logits=lambda row: uncached.append(row.copy())) == tokens
+    assert len(cached) == len(uncached) == 11
+    for step, (a, b) in enumerate(zip(cached, uncached)):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
+
+
 def test_generation_past_the_context_keeps_going(model):
     out = generate(model, [1, 2, 3], max_new_tokens=40, temperature=1.0, seed=0)
     assert len(out) == 40 and all(0 <= t < 50 for t in out)

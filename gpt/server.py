@@ -1,0 +1,530 @@
+"""A local chat server that speaks the OpenAI API, plus a one-page web chat. Standard library only.
+
+    GET  /                      the web chat (gpt/static/index.html)
+    GET  /v1/models             the one model this server holds
+    POST /v1/completions        continue a prompt            {"prompt": "Once upon a time"}
+    POST /v1/chat/completions   reply to a conversation      {"messages": [{"role": "user", ...}]}
+
+Both POST routes take "stream": true and then answer with server-sent events: one
+`data: {json}` line per piece of text, as soon as it is generated, and `data: [DONE]` at the end.
+Existing OpenAI clients work unchanged when pointed at http://127.0.0.1:8000/v1.
+
+How requests share one model: each connection gets a thread (ThreadingHTTPServer), but only one
+generation runs at a time (`ChatEngine.turn()`); the others wait their turn, and beyond a queue
+limit are told 429. Bad input never reaches the model: every field is checked first and answered
+with a JSON error and a 4xx status. While generating, the handler polls its socket; a client that
+has gone away stops its generation at the next token.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from .chat import ChatEngine, ChatError, EngineBusy, Generation, PromptTooLong, check_messages
+from .generate import SamplingParams
+
+MAX_BODY_BYTES = 1 << 20          # 1 MiB: far more than any prompt that fits a context
+MAX_TOKENS_LIMIT = 4096           # per request; generation past the context re-prefills
+MAX_STOP_STRINGS = 4              # as OpenAI
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = \
+            status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Request fields: each checked, with a message that names the field
+
+
+def _field_error(name: str, expected: str, value: Any) -> ApiError:
+    return ApiError(400, f"'{name}' must be {expected}; got {json.dumps(value)[:80]}", name,
+                    "invalid_type" if not isinstance(value, (int, float)) else "invalid_value")
+
+
+def _number(body: dict, name: str, default: float | None, low: float, high: float,
+            low_open: bool = False) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    # bool is an int in Python, but `true` is not a temperature
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _field_error(name, "a number", value)
+    if not (low < value if low_open else low <= value) or value > high:
+        bracket = "(" if low_open else "["
+        raise _field_error(name, f"in {bracket}{low}, {high}]", value)
+    return float(value)
+
+
+def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _field_error(name, "an integer", value)
+    if not low <= value <= high:
+        raise _field_error(name, f"an integer in [{low}, {high}]", value)
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _field_error(name, "true or false", value)
+    return value
+
+
+def _stop_strings(body: dict) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list) or len(value) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) for s in value)):
+        raise _field_error("stop", f"a string or a list of up to {MAX_STOP_STRINGS} strings",
+                           value)
+    return tuple(s for s in value if s)
+
+
+@dataclass
+class Job:
+    """A checked request, ready for the model."""
+    kind: str                          # "chat" or "completion"
+    prompt_ids: list[int]
+    params: SamplingParams
+    stop_strings: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    echo: str = ""                     # completions with "echo": the prompt text comes first
+
+
+# ----------------------------------------------------------------------------------------------
+# The server
+
+
+class ChatServer(ThreadingHTTPServer):
+    """The HTTP server: holds the engine and the limits. `serve_forever()` to run it.
+
+    port=0 picks a free port (see `server_address`), which is what the tests use.
+    """
+    daemon_threads = True              # a stuck client never keeps the process alive
+
+    def __init__(self, engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000,
+                 max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
+                 default_max_tokens: int = 256, log: bool = False):
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+        self.max_tokens_limit = max_tokens_limit
+        self.default_max_tokens = min(default_max_tokens, max_tokens_limit)
+        self.log = log
+        super().__init__((host, port), ChatRequestHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class ChatRequestHandler(BaseHTTPRequestHandler):
+    """One connection. HTTP/1.1 keep-alive; streamed replies use chunked transfer encoding."""
+    protocol_version = "HTTP/1.1"
+    server_version = "DeepUnderstanding/0.1"
+    timeout = 120                      # seconds a silent client may hold a connection open
+    server: ChatServer
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        route = urlsplit(self.path).path
+        if route in ("/", "/index.html"):
+            self._send(200, _index_html(), "text/html; charset=utf-8")
+        elif route == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [self._model_card()]})
+        elif route == f"/v1/models/{self.server.engine.name}":
+            self._send_json(200, self._model_card())
+        elif route == "/health":
+            self._send_json(200, {"status": "ok"})
+        else:
+            self._not_found(route)
+
+    def do_POST(self) -> None:
+        route = urlsplit(self.path).path
+        parse = {"/v1/chat/completions": self._parse_chat,
+                 "/v1/completions": self._parse_completion}.get(route)
+        try:
+            if parse is None:
+                self._drop_body()
+                raise self._unknown_route(route)
+            job = parse(self._read_json())
+            self._run(job)
+        except ApiError as error:
+            self._send_json(error.status, error.body())
+        except Exception as error:             # a bug: say so, keep serving
+            traceback.print_exc()
+            self.close_connection = True
+            self._send_json(500, ApiError(500, f"internal error: {error}",
+                                          type="server_error").body())
+
+    def _drop_body(self) -> None:
+        try:
+            self._discard(int(self.headers.get("Content-Length", 0)))
+        except ValueError:
+            self.close_connection = True
+
+    def _method_not_allowed(self) -> None:
+        self._drop_body()
+        self._send_json(405, ApiError(405, f"method {self.command} is not supported here; use "
+                                           f"GET or POST").body(), {"Allow": "GET, POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+
+    def _unknown_route(self, route: str) -> ApiError:
+        return ApiError(404, f"no route {self.command} {route}; this server has GET /, "
+                             f"GET /v1/models, POST /v1/completions, POST /v1/chat/completions",
+                        code="not_found")
+
+    def _not_found(self, route: str) -> None:
+        self._send_json(404, self._unknown_route(route).body())
+
+    def _model_card(self) -> dict[str, Any]:
+        engine = self.server.engine
+        return {"id": engine.name, "object": "model", "created": engine.created,
+                "owned_by": "deep-understanding", "context_length": engine.context_length,
+                "chat_template": engine.template.name}
+
+    # -- reading requests ----------------------------------------------------------------------
+
+    def _read_json(self) -> dict:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise ApiError(411, "chunked request bodies are not supported; send Content-Length")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise ApiError(411, "a POST needs a Content-Length header and a JSON body")
+        try:
+            length = int(length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise ApiError(400, f"bad Content-Length {self.headers['Content-Length']!r}") from None
+        if length > self.server.max_body_bytes:
+            self._discard(length)
+            raise ApiError(413, f"request body of {length} bytes is over the limit of "
+                                f"{self.server.max_body_bytes} bytes", code="body_too_large")
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            self.close_connection = True
+            raise ApiError(400, "the request body ended early (shorter than Content-Length)")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ApiError(400, f"the body is not valid JSON: {error}",
+                           code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a body we refuse. Closing with unread data would make the kernel reset
+        the connection, and the client might never see our 413; past a bound, close anyway."""
+        if length > 16 * self.server.max_body_bytes:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                self.close_connection = True
+                return
+            length -= len(chunk)
+
+    def _common(self, body: dict, default_max_tokens: int) -> tuple[SamplingParams, dict]:
+        """The sampling fields both routes share, checked."""
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise _field_error("model", "a string", model)
+        _integer(body, "n", 1, 1, 1)          # one choice per request
+        for name in ("frequency_penalty", "presence_penalty"):
+            if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
+                raise ApiError(400, f"'{name}' is not supported; use 'repetition_penalty' "
+                                    f"(> 1 discourages repeats)", name, "unsupported")
+        if body.get("logprobs") not in (None, False, 0):
+            raise ApiError(400, "'logprobs' is not supported", "logprobs", "unsupported")
+        limit = self.server.max_tokens_limit
+        max_tokens = _integer(body, "max_completion_tokens", None, 1, limit)
+        max_tokens = _integer(body, "max_tokens", max_tokens or default_max_tokens, 1, limit)
+        top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+        params = SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+            top_k=_integer(body, "top_k", None, 1, 1 << 30),          # not OpenAI's; common
+            top_p=None if top_p == 1.0 else top_p,
+            repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0,
+                                       low_open=True),
+            seed=_integer(body, "seed", None, -(1 << 63), (1 << 63) - 1),
+        )
+        if params.seed is not None and params.seed < 0:
+            params.seed &= (1 << 64) - 1        # NumPy wants a non-negative seed
+        stream = _boolean(body, "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise _field_error("stream_options", "an object", options)
+        include_usage = _boolean(options or {}, "include_usage")
+        return params, {"stream": stream, "include_usage": include_usage}
+
+    def _parse_chat(self, body: dict) -> Job:
+        engine = self.server.engine
+        params, flags = self._common(body, self.server.default_max_tokens)
+        stops = _stop_strings(body)
+        if "messages" not in body:
+            raise ApiError(400, "'messages' is required: a list of {\"role\", \"content\"}",
+                           "messages", "missing_field")
+        try:
+            messages = check_messages(body["messages"])
+            ids, _ = engine.chat_prompt(messages, params.max_new_tokens)
+        except ChatError as error:
+            raise _chat_error(error, "messages") from None
+        return Job("chat", ids, params, stops + engine.template.stop_strings,
+                   flags["stream"], flags["include_usage"])
+
+    def _parse_completion(self, body: dict) -> Job:
+        engine = self.server.engine
+        params, flags = self._common(body, 16)     # OpenAI's default for completions
+        stops = _stop_strings(body)
+        echo = _boolean(body, "echo")
+        if "prompt" not in body:
+            raise ApiError(400, "'prompt' is required: a string (or a list of token ids)",
+                           "prompt", "missing_field")
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]                  # a batch of one
+        try:
+            if isinstance(prompt, str):
+                ids = engine.prompt_ids(prompt)
+                text = prompt
+            elif (isinstance(prompt, list) and prompt
+                  and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
+                vocab = engine.model.config.vocab_size
+                if not all(0 <= t < vocab for t in prompt):
+                    raise ApiError(400, f"'prompt' token ids must be in 0..{vocab - 1}",
+                                   "prompt", "invalid_value")
+                ids = list(prompt)
+                text = engine.tokenizer.decode(ids)
+            else:
+                raise ApiError(400, "'prompt' must be a string or a non-empty list of token "
+                                    "ids (one prompt per request)", "prompt", "invalid_type")
+            engine.check_prompt_length(ids)
+        except ChatError as error:
+            raise _chat_error(error, "prompt") from None
+        return Job("completion", ids, params, stops, flags["stream"], flags["include_usage"],
+                   echo=text if echo else "")
+
+    # -- generating ----------------------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        try:
+            with self.server.engine.turn():
+                self._generate(job)
+        except EngineBusy as error:
+            raise ApiError(429, str(error), code="busy", type="rate_limit_error") from None
+
+    def _generate(self, job: Job) -> None:
+        generation = self.server.engine.generate(job.prompt_ids, job.params, job.stop_strings,
+                                                 should_stop=self._client_gone)
+        if job.stream:
+            self._stream(job, generation)
+            return
+        text = generation.read()
+        if generation.finish_reason == "cancelled":
+            self.close_connection = True       # nobody is listening
+            return
+        self._send_json(200, self._whole_response(job, generation, job.echo + text))
+
+    def _client_gone(self) -> bool:
+        """Has the client closed its end? A readable socket with nothing to read means EOF.
+        Polled before each token, so a closed browser tab stops its generation at once."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                return True
+        except (OSError, ValueError):
+            return True
+        return False
+
+    def _whole_response(self, job: Job, generation: Generation, text: str) -> dict[str, Any]:
+        usage = _usage(generation)
+        if job.kind == "chat":
+            return {"id": _new_id("chatcmpl"), "object": "chat.completion",
+                    "created": int(time.time()), "model": self.server.engine.name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "logprobs": None, "finish_reason": generation.finish_reason}],
+                    "usage": usage}
+        return {"id": _new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
+                "model": self.server.engine.name,
+                "choices": [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": generation.finish_reason}],
+                "usage": usage}
+
+    def _stream(self, job: Job, generation: Generation) -> None:
+        chat = job.kind == "chat"
+        ident, created = _new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+        base = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created, "model": self.server.engine.name}
+
+        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+            if chat:
+                delta: dict[str, Any] = {"role": "assistant"} if role else {}
+                if text is not None:
+                    delta["content"] = text
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None,
+                          "finish_reason": finish}
+            return {**base, "choices": [choice]}
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            if chat:
+                self._event(chunk("", None, role=True))
+            if job.echo:
+                self._event(chunk(job.echo, None))
+            for piece in generation:
+                self._event(chunk(piece, None))
+            if generation.finish_reason == "cancelled":
+                raise ConnectionResetError("client went away")
+            self._event(chunk(None, generation.finish_reason))
+            if job.include_usage:
+                self._event({**base, "choices": [], "usage": _usage(generation)})
+            self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(b"")              # the chunked body's end
+        except OSError:                         # the client left (reset, broken pipe, timeout)
+            generation.close()                  # stop generating for nobody
+            self.close_connection = True
+        except Exception as error:              # a bug, after the 200 went out: say so in-band
+            traceback.print_exc()
+            generation.close()
+            self.close_connection = True
+            try:
+                self._event(ApiError(500, f"internal error: {error}", type="server_error").body())
+                self._write_chunk(b"data: [DONE]\n\n")
+                self._write_chunk(b"")
+            except OSError:
+                pass
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._write_chunk(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    # -- writing responses ---------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def _send_json(self, status: int, payload: dict[str, Any],
+                   headers: dict[str, str] | None = None) -> None:
+        if status == 429:
+            headers = {**(headers or {}), "Retry-After": "1"}
+        self._send(status, json.dumps(payload, ensure_ascii=False).encode(),
+                   "application/json", headers)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.log:
+            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+
+
+def _chat_error(error: ChatError, param: str) -> ApiError:
+    code = "context_length_exceeded" if isinstance(error, PromptTooLong) else "invalid_value"
+    return ApiError(400, str(error), param, code)
+
+
+def _usage(generation: Generation) -> dict[str, int]:
+    return {"prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+_INDEX: bytes | None = None
+
+
+def _index_html() -> bytes:
+    global _INDEX
+    if _INDEX is None:
+        _INDEX = resources.files("gpt").joinpath("static/index.html").read_bytes()
+    return _INDEX
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def serve(engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Run the server until Ctrl-C, printing where to find it."""
+    server = ChatServer(engine, host, port, **options)
+    print(f"serving {engine.name} ({engine.template.name} template, context "
+          f"{engine.context_length}) at {server.url}/  (OpenAI API at {server.url}/v1; "
+          f"Ctrl-C stops)", file=sys.stderr, flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}: anyone who can reach this machine can use the "
+              f"model (there is no authentication)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def start_background(engine: ChatEngine, host: str = "127.0.0.1", port: int = 0,
+                     **options: Any) -> tuple[ChatServer, threading.Thread]:
+    """Start a server in a daemon thread (tests, notebooks); stop with `server.shutdown()`
+    then `server.server_close()`."""
+    server = ChatServer(engine, host, port, **options)
+    thread = threading.Thread(target=server.serve_forever, name="chat-server", daemon=True)
+    thread.start()
+    return server, thread

@@ -1,0 +1,258 @@
+"""The OpenAI-style HTTP server, driven over real HTTP (urllib, http.client, raw sockets)."""
+import http.client
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from gpt.chat import ChatEngine
+from gpt.server import start_background
+
+import _tiny_chat as tiny
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def serve(engine, **options):
+    server, thread = start_background(engine, port=0, **options)
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def server():
+    tok = tiny.tokenizer()
+    server, thread = serve(ChatEngine(tiny.model(tok), tok, name="tiny"), max_tokens_limit=64,
+                           max_body_bytes=4096)
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def request(server, path, body=None, method=None, raw: bytes | None = None, headers=None):
+    """(status, parsed JSON or text) of one request; errors are returned, not raised."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(server.url + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            status, content_type, text = (response.status, response.headers["Content-Type"],
+                                          response.read().decode())
+    except urllib.error.HTTPError as error:
+        status, content_type, text = error.code, error.headers["Content-Type"], \
+            error.read().decode()
+    return status, json.loads(text) if content_type == "application/json" else text
+
+
+def events(text):
+    """The JSON payloads of an SSE body, checking it ends with [DONE]."""
+    blocks = [b for b in text.split("\n\n") if b]
+    assert all(b.startswith("data: ") for b in blocks)
+    assert blocks[-1] == "data: [DONE]"
+    return [json.loads(b[len("data: "):]) for b in blocks[:-1]]
+
+
+# -- the happy paths ------------------------------------------------------------------------------
+
+
+def test_models_and_web_page(server):
+    status, body = request(server, "/v1/models")
+    assert status == 200 and body["object"] == "list"
+    assert body["data"][0]["id"] == "tiny" and body["data"][0]["object"] == "model"
+    status, page = request(server, "/")
+    assert status == 200 and "<title>Deep Understanding chat</title>" in page
+    assert "/v1/chat/completions" in page and "https://" not in page   # no CDN
+
+
+def test_chat_completion(server):
+    status, body = request(server, "/v1/chat/completions",
+                           {"model": "tiny", "messages": HELLO, "max_tokens": 8,
+                            "temperature": 0})
+    assert status == 200
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == "tiny" and isinstance(body["created"], int)
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 8, "total_tokens": 14}
+    assert len(choice["message"]["content"]) == 8             # one character per token
+
+
+def test_streamed_chat_equals_the_whole_reply(server):
+    settings = {"messages": HELLO, "max_tokens": 8, "temperature": 0}
+    _, whole = request(server, "/v1/chat/completions", settings)
+    status, text = request(server, "/v1/chat/completions",
+                           {**settings, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200
+    chunks = events(text)
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert content == whole["choices"][0]["message"]["content"]
+    finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finals[-1] == "length" and set(finals[:-1]) == {None}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+
+
+def test_completions_whole_streamed_echo_and_token_ids(server):
+    settings = {"prompt": "Once upon", "max_tokens": 6, "temperature": 0}
+    status, body = request(server, "/v1/completions", settings)
+    assert status == 200 and body["object"] == "text_completion"
+    assert body["id"].startswith("cmpl-")
+    text = body["choices"][0]["text"]
+    assert len(text) == 6 and body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+
+    _, streamed = request(server, "/v1/completions", {**settings, "stream": True})
+    chunks = events(streamed)
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+    _, echoed = request(server, "/v1/completions", {**settings, "echo": True})
+    assert echoed["choices"][0]["text"] == "Once upon" + text
+    ids = tiny.tokenizer().encode("Once upon")
+    _, by_ids = request(server, "/v1/completions", {**settings, "prompt": ids})
+    assert by_ids["choices"][0]["text"] == text
+
+
+def test_stop_strings_seed_and_temperature(server):
+    settings = {"prompt": "abc", "max_tokens": 12, "temperature": 0}
+    _, body = request(server, "/v1/completions", settings)
+    text = body["choices"][0]["text"]
+    stop = text[4:6]
+    _, stopped = request(server, "/v1/completions", {**settings, "stop": [stop, "\x00"]})
+    assert stopped["choices"][0]["text"] == text[:text.index(stop)]
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    _, streamed = request(server, "/v1/completions", {**settings, "stop": stop, "stream": True})
+    assert "".join(c["choices"][0]["text"] for c in events(streamed)) == text[:text.index(stop)]
+
+    sampled = {"prompt": "abc", "max_tokens": 12, "temperature": 1.5, "top_p": 0.9}
+    first = request(server, "/v1/completions", {**sampled, "seed": 5})[1]
+    again = request(server, "/v1/completions", {**sampled, "seed": 5})[1]
+    other = request(server, "/v1/completions", {**sampled, "seed": 6})[1]
+    assert first["choices"][0]["text"] == again["choices"][0]["text"]
+    assert first["choices"][0]["text"] != other["choices"][0]["text"]
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server):
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    for _ in range(3):
+        connection.request("POST", "/v1/completions", json.dumps({"prompt": "a", "max_tokens": 2}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["usage"]["completion_tokens"]
+    connection.close()
+
+
+# -- bad input: a JSON error with the right status, and the server keeps serving --------------------
+
+
+@pytest.mark.parametrize("path, body, status, param", [
+    ("/v1/chat/completions", {}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": "hello"}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": HELLO, "temperature": "hot"}, 400, "temperature"),
+    ("/v1/chat/completions", {"messages": HELLO, "temperature": 3}, 400, "temperature"),
+    ("/v1/chat/completions", {"messages": HELLO, "top_p": 0}, 400, "top_p"),
+    ("/v1/chat/completions", {"messages": HELLO, "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/chat/completions", {"messages": HELLO, "max_tokens": 65}, 400, "max_tokens"),
+    ("/v1/chat/completions", {"messages": HELLO, "max_tokens": 2.5}, 400, "max_tokens"),
+    ("/v1/chat/completions", {"messages": HELLO, "stream": "yes"}, 400, "stream"),
+    ("/v1/chat/completions", {"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/chat/completions", {"messages": HELLO, "seed": "one"}, 400, "seed"),
+    ("/v1/chat/completions", {"messages": HELLO, "n": 2}, 400, "n"),
+    ("/v1/chat/completions", {"messages": HELLO, "model": 7}, 400, "model"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 60}]}, 400,
+     "messages"),
+    ("/v1/completions", {}, 400, "prompt"),
+    ("/v1/completions", {"prompt": 42}, 400, "prompt"),
+    ("/v1/completions", {"prompt": [1, 2, 10 ** 6]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": ["one", "two"]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "x" * 49}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "café"}, 400, "prompt"),
+])
+def test_bad_fields(server, path, body, status, param):
+    got, error = request(server, path, body)
+    assert got == status, error
+    assert error["error"]["param"] == param and error["error"]["type"] == "invalid_request_error"
+    assert param in error["error"]["message"] or "prompt" in error["error"]["message"] \
+        or "tokens" in error["error"]["message"]
+
+
+def test_prompt_longer_than_the_context(server):
+    status, error = request(server, "/v1/completions", {"prompt": "x" * 49})
+    assert status == 400 and error["error"]["code"] == "context_length_exceeded"
+    assert "48 tokens" in error["error"]["message"]
+
+
+@pytest.mark.parametrize("raw, match", [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+])
+def test_malformed_bodies(server, raw, match):
+    status, error = request(server, "/v1/chat/completions", raw=raw)
+    assert status == 400 and match in error["error"]["message"]
+
+
+def test_routes_methods_and_sizes(server):
+    assert request(server, "/v1/nowhere")[0] == 404
+    status, error = request(server, "/v1/embeddings", {"input": "x"})
+    assert status == 404 and "POST /v1/embeddings" in error["error"]["message"]
+    assert request(server, "/v1/models", {}, method="PUT")[0] == 405
+    status, error = request(server, "/v1/completions", raw=b'{"prompt": "' + b"x" * 5000 + b'"}')
+    assert status == 413 and "4096 bytes" in error["error"]["message"]
+
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.putrequest("POST", "/v1/completions")      # no Content-Length, no body
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())[
+        "error"]["message"]
+    connection.close()
+    assert request(server, "/v1/models")[0] == 200         # still serving
+
+
+def test_a_full_queue_answers_429(server):
+    engine = server.engine
+    engine.max_waiting = 0
+    try:
+        with engine.turn():                                  # someone else is generating
+            status, error = request(server, "/v1/completions", {"prompt": "a", "max_tokens": 1})
+    finally:
+        engine.max_waiting = 8
+    assert status == 429 and error["error"]["code"] == "busy"
+    assert request(server, "/v1/completions", {"prompt": "a", "max_tokens": 1})[0] == 200
+
+
+def test_a_client_that_disconnects_stops_its_generation():
+    tok = tiny.tokenizer()
+    # Rigged never to emit <|endoftext|>: only the disconnect can end this generation early.
+    engine = ChatEngine(tiny.rig(tiny.model(tok), tok.encode("a")[0]), tok)
+    limit = 200_000
+    server, thread = serve(engine, max_tokens_limit=limit)
+    try:
+        body = json.dumps({"prompt": "x", "max_tokens": limit, "stream": True}).encode()
+        client = socket.create_connection(server.server_address[:2], timeout=30)
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\n"
+                       b"Content-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        received = b""
+        while b"data: " not in received:
+            received += client.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200")
+        client.close()
+        # The next request waits for the model; by then the first generation has ended.
+        status, body = request(server, "/v1/completions", {"prompt": "x", "max_tokens": 3})
+        assert status == 200 and body["choices"][0]["text"] == "aaa"
+        first_request_tokens = engine.tokens_generated - 3
+        assert 1 <= first_request_tokens < limit // 10
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
