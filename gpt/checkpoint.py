@@ -252,13 +252,24 @@ def load_tokenizer_from(directory: str | os.PathLike):
                               f"{merges.name} are damaged: {error}") from None
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike,
+                       data_dir: str | os.PathLike | None = None) -> Path:
     """The checkpoint directory meant by `path`: itself, or a run directory's best/ or latest/.
 
+    A GPT-2 name ("gpt2", "gpt2-medium", ...) that is not a path here means the directory
+    `python -m gpt.download NAME` fills (under `data_dir`, default the usual cache).
     A run killed in the middle of swapping a checkpoint into place may have left only the
     previous one, renamed `*.old`: it is used then.
     """
-    path = Path(path)
+    from .download import MODELS, default_model_dir
+
+    name, path = str(path), Path(path).expanduser()
+    if not path.exists() and name in MODELS:
+        path = default_model_dir(name, data_dir)
+        if not path.exists():
+            raise CheckpointError(f"{name} is not downloaded (looked in {path}): run "
+                                  f"`python -m gpt.download {name}` first, or pass the "
+                                  f"directory that holds it")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir():

@@ -249,12 +249,14 @@ def load_text_splits(
     *,
     data_dir: str | os.PathLike | None = None,
     val_fraction: float = 0.1,
+    exact: bool = False,
 ) -> TextSplits:
     """(train, val) text of a registered name, a local text file, or a local directory.
 
     A registered corpus with its own validation file (`RemoteFile.valid`) uses it, as does a
     directory holding `train.txt` and `valid.txt` or `val.txt`. Anything else is cut by
-    `split_text(text, val_fraction)`. A registered name wins over a file of the same name.
+    `split_text(text, val_fraction, exact=exact)`. A registered name wins over a file of the
+    same name.
     """
     if isinstance(source, str) and source in DATASETS and DATASETS[source].valid:
         train = fetch(source, data_dir=data_dir)
@@ -267,19 +269,25 @@ def load_text_splits(
         for val_name in ("valid.txt", "val.txt"):
             if (path / val_name).is_file():
                 return TextSplits(_read_utf8(path / "train.txt"), _read_utf8(path / val_name))
-        return split_text(_read_utf8(path / "train.txt"), val_fraction)
-    return split_text(load_text(source, data_dir=data_dir), val_fraction)
+        return split_text(_read_utf8(path / "train.txt"), val_fraction, exact=exact)
+    return split_text(load_text(source, data_dir=data_dir), val_fraction, exact=exact)
 
 
-def split_text(text: str, val_fraction: float = 0.1) -> TextSplits:
+def split_text(text: str, val_fraction: float = 0.1, *, exact: bool = False) -> TextSplits:
     """Cut `text` into (train, val) with about `val_fraction` of the characters in val.
 
     The cut moves to the nearest line start so that no word is split in two, and val is the
     *end* of the text (as in nanoGPT): no shuffling, so val is truly unseen text.
+
+    `exact=True` cuts at character `int((1 - val_fraction) * len(text))` wherever it falls,
+    mid-word if need be: the book's split (`text[:int(0.9 * len(text))]`), for reproducing
+    its numbers.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     target = int(len(text) * (1.0 - val_fraction))
+    if exact:
+        return TextSplits(text[:target], text[target:])
     # Line starts just before and just after the target (position 0 / len mean "none").
     before = text.rfind("\n", 0, target) + 1
     after = text.find("\n", target) + 1

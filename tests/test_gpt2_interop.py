@@ -440,3 +440,15 @@ def test_train_init_fine_tunes_a_hugging_face_directory(tmp_path, ref_dir, ref_t
     assert tuned.config == GPT.from_pretrained(directory).config
     assert not np.array_equal(tuned.wte.weight.data, initial)
     assert (tmp_path / "runs" / "ft" / "latest" / "vocab.json").is_file()
+
+
+def test_a_gpt2_name_means_its_download_directory(tmp_path, ref_dir, monkeypatch):
+    monkeypatch.delenv("DU_DATA_DIR", raising=False)
+    with pytest.raises(CheckpointError, match="gpt2-medium is not downloaded .* `python -m "
+                                              "gpt.download gpt2-medium"):
+        resolve_checkpoint("gpt2-medium", data_dir=tmp_path)
+    target = tmp_path / "models" / "gpt2"
+    shutil.copytree(ref_dir, target)
+    assert resolve_checkpoint("gpt2", data_dir=tmp_path) == target
+    monkeypatch.setenv("DU_DATA_DIR", str(tmp_path))
+    assert GPT.from_pretrained("gpt2").config.n_embd == 64
