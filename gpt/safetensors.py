@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -180,18 +181,41 @@ def load_file(
     `save_file` does, is safe: the mapping keeps the old file).
     """
     tensors, _, data_start = _read_header(path)
-    # Map the whole file once; np.memmap cannot map zero bytes, and the header makes it non-empty.
-    mapped = np.memmap(path, dtype=np.uint8, mode="c" if writable else "r")
+    # Map the whole file once (the header makes it non-empty: mmap cannot map zero bytes). The
+    # arrays keep the mapping alive; it is unmapped when the last of them is gone.
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
+    mapped = np.frombuffer(mapping, dtype=np.uint8)
     out: dict[str, np.ndarray] = {}
     for name, info in tensors.items():
-        raw = mapped[data_start + info.begin : data_start + info.end]
-        array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=raw)
-        if widen and info.dtype == "F16":
-            array = array.astype(np.float32)
-        elif widen and info.dtype == "BF16":
-            array = (array.astype(np.uint32) << 16).view(np.float32)
+        begin, end = data_start + info.begin, data_start + info.end
+        array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=mapped[begin:end])
+        if widen and info.dtype in ("F16", "BF16"):
+            if info.dtype == "F16":
+                array = array.astype(np.float32)
+            else:
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            _release_pages(mapping, begin, end)
         out[name] = array
     return out
+
+
+def _release_pages(mapping: mmap.mmap, begin: int, end: int) -> None:
+    """Take the pages of bytes [begin, end) out of this process's memory.
+
+    A widened tensor is a new array; its half-precision bytes are not needed any more, but the
+    pages read to make it would otherwise stay resident (counted in this process's memory)
+    until the whole mapping goes: widening a large F16 file would peak at the file *plus*
+    its float32 copy. The pages stay in the operating system's file cache, so a neighbouring
+    tensor sharing a page at either end just reads it in again. Nothing of this mapping has
+    been written yet, so nothing is lost. Where `madvise` is missing this does nothing.
+    """
+    if not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = begin - begin % mmap.PAGESIZE
+    stop = min(end + -end % mmap.PAGESIZE, len(mapping))
+    if stop > start:
+        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 def save_file(
