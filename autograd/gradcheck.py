@@ -269,6 +269,13 @@ OP_CHECKS: list[OpCheck] = [
     _cross_entropy_check((2, 4, 7), "mean", ignore=True),
     _cross_entropy_check((6, 5), "sum", ignore=True),
     _cross_entropy_check((2, 3, 5), "none", ignore=True),
+    OpCheck("linear_cross_entropy", "x(2, 3, 4) W(7, 4) ignore_index",
+            lambda rng: ((lambda x, w, t=np.array([[1, -100, 6], [0, 3, 3]]):
+                          F.linear_cross_entropy(x, w, t)), [_t(rng, 2, 3, 4), _t(rng, 7, 4)])),
+    OpCheck("linear_cross_entropy", "x(5, 3) W(6, 3) none",
+            lambda rng: ((lambda x, w, t=np.array([0, 5, 2, 2, 1]):
+                          F.linear_cross_entropy(x, w, t, reduction="none")),
+                         [_t(rng, 5, 3), _t(rng, 6, 3)])),
     OpCheck("layer_norm", "x(4, 6) w(6) b(6)",
             lambda rng: (F.layer_norm, [_t(rng, 4, 6), _t(rng, 6), _t(rng, 6)])),
     OpCheck("layer_norm", "x(2, 3, 8) w(8) b(8)",

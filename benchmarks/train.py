@@ -40,13 +40,12 @@ GROUPS = {
     "layer_norm": "layer norm",
     "gelu": "gelu",
     "clip+adamw": "optimizer (clip + AdamW)",
-    "cross_entropy": "cross-entropy",
+    "linear_cross_entropy": "output head + cross-entropy",
     "embedding": "embedding",
 }
 
 
 def run_one(name: str) -> dict:
-    from autograd import functional as F
     from autograd.optim import AdamW, clip_grad_norm, decay_groups
     from autograd.profiler import profile
     from gpt import GPT, GPTConfig
@@ -65,7 +64,7 @@ def run_one(name: str) -> dict:
         model.zero_grad()
         if prof is not None:
             prof.mark()
-        loss = F.cross_entropy(model(x), y)
+        loss = model.loss(x, y)       # fused output head + cross-entropy, as train.py does
         loss.backward()
         if prof is not None:
             with prof.section("clip+adamw"):

@@ -196,6 +196,16 @@ class GPT(Module):
             return x                                                  # (B, T, C)
         return F.linear(x, self.wte.weight.T)                         # (B, T, V)
 
+    def loss(self, idx, targets, ignore_index: int = -100) -> Tensor:
+        """Mean cross-entropy of next-token `targets` (B, T): what training minimises.
+
+        The same number as cross_entropy(model(idx), targets), computed with the output head
+        and the loss fused (`F.linear_cross_entropy`), so the (B, T, V) logits are never kept
+        as a tensor of their own.
+        """
+        hidden = self.forward(idx, return_hidden=True)
+        return F.linear_cross_entropy(hidden, self.wte.weight, targets, ignore_index=ignore_index)
+
     @classmethod
     def from_pretrained(cls, path, **config_overrides) -> "GPT":
         """Load a checkpoint directory: one `save_pretrained` or `train.py` wrote (a run

@@ -27,7 +27,6 @@ import numpy as np
 from tqdm import tqdm
 
 import autograd.random
-from autograd import functional as F
 from autograd import no_grad
 from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
 
@@ -178,7 +177,7 @@ def estimate_loss(model: GPT, data: TokenData, batch_size: int, eval_iters: int,
         losses = []
         for _ in range(eval_iters):
             x, y = data.get_batch(split, batch_size, block, rng)
-            losses.append(F.cross_entropy(model(x), y).item())
+            losses.append(model.loss(x, y).item())
         out[split] = float(np.mean(losses))
     model.train(was_training)
     return out
@@ -362,7 +361,7 @@ def train(run: Run) -> dict:
             total = 0.0
             for _ in range(s.grad_accum):
                 x, y = run.data.get_batch("train", s.batch_size, block, batch_rng)
-                loss = F.cross_entropy(model(x), y)
+                loss = model.loss(x, y)
                 total += loss.item()
                 (loss * (1.0 / s.grad_accum)).backward()
             loss_value = total / s.grad_accum

@@ -259,3 +259,14 @@ def test_multi_head_attention_equals_split_heads_then_attention():
                for i in range(3))
     expected = _attention_reference(q, k, v, causal=True).transpose(0, 2, 1, 3).reshape(B, T, -1)
     np.testing.assert_allclose(fused, expected, rtol=1e-10)
+
+
+def test_linear_cross_entropy_equals_head_then_loss():
+    x, w = rng.standard_normal((2, 5, 4)), rng.standard_normal((9, 4))
+    t = rng.integers(0, 9, size=(2, 5))
+    t[1, 2] = -100
+    fused = F.linear_cross_entropy(Tensor(x), Tensor(w), t).item()
+    composed = F.cross_entropy(Tensor(x @ w.T), t).item()
+    assert fused == pytest.approx(composed, rel=1e-12)
+    with pytest.raises(ValueError, match="weight must be"):
+        F.linear_cross_entropy(Tensor(x), Tensor(w.T), t)

@@ -154,3 +154,19 @@ def test_float32_forward_backward_stays_float32():
     assert loss.dtype == np.float32
     loss.backward()
     assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
+def test_loss_method_equals_cross_entropy_of_logits():
+    model = GPT(GPTConfig(**TINY), rng=np.random.default_rng(0)).to(np.float64)
+    idx = np.random.default_rng(5).integers(0, 23, size=(2, 8))
+    targets = np.roll(idx, -1, axis=1)
+    targets[0, -1] = -100
+    fused = model.loss(idx, targets)
+    assert fused.item() == pytest.approx(F.cross_entropy(model(idx), targets).item(), rel=1e-12)
+    fused.backward()
+    fused_grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(idx), targets).backward()
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(fused_grads[name], p.grad, rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
