@@ -324,8 +324,8 @@ def embedding(ids, weight: Tensor) -> Tensor:
 
     A lookup is a product with a one-hot matrix, out = onehot(ids) W, so
         dL/dW = onehot(ids)^T G:  row v of dL/dW is the sum of G over every position whose id
-    is v. A token that appears twice must get both contributions: the scatter *adds*
-    (np.add.at), where a plain `dW[ids] = G` would keep only the last one.
+    is v. A token that appears twice must get both contributions: the scatter *adds*, where a
+    plain `dW[ids] = G` would keep only the last one.
     """
     ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
     if ids.dtype.kind not in "iu":
@@ -339,8 +339,17 @@ def embedding(ids, weight: Tensor) -> Tensor:
     out = w[ids]
 
     def backward(g):
+        # The scatter-add, done as sort + segment sums: bring equal ids together, sum each
+        # run of rows with one np.add.reduceat, write each sum once. Same result as
+        # np.add.at(grad, ids, g), several times faster (add.at handles rows one at a time).
+        flat = ids.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        sorted_ids = flat[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
         grad = np.zeros_like(w)
-        np.add.at(grad, ids.reshape(-1), g.reshape(-1, w.shape[1]))
+        if flat.size:
+            grad[sorted_ids[starts]] = np.add.reduceat(g.reshape(-1, w.shape[1])[order],
+                                                       starts, axis=0)
         return (grad,)
     return Tensor._make(out, (weight,), backward, "embedding")
 
