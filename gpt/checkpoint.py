@@ -295,8 +295,11 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32, **config_override
     """Build a GPT from a checkpoint directory (ours or Hugging Face's GPT-2 layout).
 
     `path` may also be a run directory (see `resolve_checkpoint`). `config_overrides` replace
-    fields of the stored config (`dropout=0.1` for fine-tuning; a shape field that disagrees
-    with the weights is an error). `dtype=np.float64` gives a model for gradient checks.
+    fields of the stored config: `dropout=0.1` for fine-tuning, or a smaller `block_size`,
+    which keeps the first rows of the position embedding (GPT-2's 1024 positions cropped to
+    256 make fine-tuning on a CPU affordable; a model never needs positions it is not shown).
+    Any other shape field that disagrees with the weights is an error. `dtype=np.float64`
+    gives a model for gradient checks.
 
     Memory: a float32 file costs about its own size, once. The file is memory-mapped
     copy-on-write and its arrays become the parameters themselves (`adopt_weights`); the
@@ -320,6 +323,10 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32, **config_override
     except SafetensorsError as error:
         raise CheckpointError(f"{error}") from None
     state = weights_from_hf(tensors, directory / WEIGHTS_FILE)
+    positions = state.get("wpe.weight")
+    if "block_size" in config_overrides and positions is not None \
+            and config.block_size < len(positions):
+        state["wpe.weight"] = positions[:config.block_size]     # still a view of the file
     with skip_init():
         model = GPT(config)
     adopt_weights(model, state, dtype, source=directory)

@@ -282,7 +282,9 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
     if resume is not None:
         model = load_pretrained(ckpt)
     elif settings.init is not None:
-        model = load_pretrained(settings.init, dropout=settings.dropout)
+        # --block-size with --init crops the pretrained position embedding (see load_pretrained).
+        crop = {"block_size": settings.block_size} if settings.block_size else {}
+        model = load_pretrained(settings.init, dropout=settings.dropout, **crop)
         if model.config.vocab_size < tokenizer.vocab_size:
             raise TrainingError(f"--init model has a vocabulary of {model.config.vocab_size}, "
                                 f"the tokenizer {tokenizer.vocab_size}")

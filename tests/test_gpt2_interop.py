@@ -429,15 +429,16 @@ def test_train_init_fine_tunes_a_hugging_face_directory(tmp_path, ref_dir, ref_t
     settings = TrainSettings(data=str(text), data_dir=str(tmp_path / "cache"), init=str(directory),
                              max_iters=2, warmup_iters=0, eval_interval=2, eval_iters=1,
                              batch_size=2, sample_tokens=4, out_dir=str(tmp_path / "runs"),
-                             run_name="ft", progress=False, lr=1e-3)
+                             run_name="ft", progress=False, lr=1e-3, block_size=32)
     run = prepare_run(settings, log=lambda message: None)
+    assert run.model.config.block_size == 32                       # --block-size crops wpe
     assert run.tokenizer.merges == small_gpt2_style_tokenizer.merges    # taken from --init
     initial = ref_tensors["transformer.wte.weight"][:300]
     assert np.array_equal(run.model.wte.weight.data, initial)
     train(run)
     assert (directory / "model.safetensors").read_bytes() == before
     tuned = GPT.from_pretrained(tmp_path / "runs" / "ft")
-    assert tuned.config == GPT.from_pretrained(directory).config
+    assert tuned.config == GPT.from_pretrained(directory, block_size=32).config
     assert not np.array_equal(tuned.wte.weight.data, initial)
     assert (tmp_path / "runs" / "ft" / "latest" / "vocab.json").is_file()
 
@@ -452,3 +453,13 @@ def test_a_gpt2_name_means_its_download_directory(tmp_path, ref_dir, monkeypatch
     assert resolve_checkpoint("gpt2", data_dir=tmp_path) == target
     monkeypatch.setenv("DU_DATA_DIR", str(tmp_path))
     assert GPT.from_pretrained("gpt2").config.n_embd == 64
+
+
+def test_a_smaller_block_size_crops_the_position_embedding(ref_dir, ref):
+    model = GPT.from_pretrained(ref_dir, block_size=16)
+    assert model.config.block_size == 16 and model.wpe.weight.shape == (16, 64)
+    assert not model.wpe.weight.data.flags.owndata            # cropped in place: no copy
+    with no_grad():                                           # the reference batch is 16 long
+        assert np.abs(model(ref["x"]).data - ref["logits"]).max() < TOL
+    with pytest.raises(CheckpointError, match=r"shape mismatch for 'wpe.weight'"):
+        GPT.from_pretrained(ref_dir, block_size=128)
