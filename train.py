@@ -4,6 +4,9 @@
     python train.py                                   # TinyStories, BPE 4096, ~15 minutes
     python train.py --data tinyshakespeare --tokenizer char --preset shakespeare-char
     python train.py --resume runs/20261125-120000     # continue a run exactly where it stopped
+    python train.py classify --init runs/X            # fine-tune: spam classifier
+    python train.py instruct --init runs/X            #            instruction following
+    python train.py dpo --init runs/Y                 #            preference tuning
 
 All the logic lives in the gpt package (gpt.trainer); this file only reads the command line.
 """
@@ -16,6 +19,8 @@ import sys
 from gpt.cli_common import fail_cleanly
 from gpt.trainer import TrainSettings, prepare_run, train
 
+# `python train.py <task> ...` runs a fine-tuning task instead (gpt.finetune).
+FINETUNE_TASKS = ("classify", "instruct", "dpo")
 # Defaults of the main job, chosen for a 2-core laptop CPU (see the README's figures).
 MAIN_JOB = dict(data="tinystories", tokenizer="bpe", vocab_size=4096)
 
@@ -23,7 +28,8 @@ MAIN_JOB = dict(data="tinystories", tokenizer="bpe", vocab_size=4096)
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainSettings(**MAIN_JOB)
     p = argparse.ArgumentParser(
-        description="Pretrain a GPT from scratch on a text corpus (NumPy only).",
+        description="Pretrain a GPT from scratch on a text corpus (NumPy only). Fine-tuning: "
+                    "python train.py classify|instruct|dpo --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data", default=defaults.data,
@@ -91,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in FINETUNE_TASKS:
+        from gpt.finetune import main as finetune_main
+        return finetune_main(argv)
     args = vars(build_parser().parse_args(argv))
     resume = args.pop("resume")
     fields = {f.name for f in dataclasses.fields(TrainSettings)}

@@ -1,0 +1,540 @@
+"""Fine-tuning a pretrained GPT: what the three tasks share, and the `train.py` subcommands.
+
+    python train.py classify --init runs/pretrain      # spam classifier (gpt.classify)
+    python train.py instruct --init runs/pretrain      # instruction following (gpt.instruct)
+    python train.py dpo --init runs/instruct-...       # preference tuning (gpt.dpo)
+
+Pretraining reads an endless stream of text windows; fine-tuning reads a small set of *records*
+(an SMS and its label, an instruction and its answer, a prompt and two answers), a few epochs
+over them. Each task module turns its records into batches and a loss; this module holds the
+rest, the same for all three:
+
+- `load_base`: the pretrained model and its tokenizer from a checkpoint directory;
+- `select_trainable` / `apply_lora` (gpt.lora): which parameters learn;
+- `fit`: the loop (AdamW over the trainable parameters only, warmup + schedule, gradient
+  clipping, an evaluation every `eval_interval` steps, metrics.jsonl, Ctrl-C to stop early and
+  still save). It reuses the pretraining loop's pieces (`gpt.trainer.step_rng`,
+  `GracefulInterrupt`, `plot_metrics`) rather than copies of them;
+- `save_model`: LoRA adapters are merged into the weights (`gpt.lora.merge_lora`) and the
+  checkpoint is an ordinary GPT directory that `GPT.from_pretrained`, `chat.py` and
+  `python train.py --init` all open.
+
+A fine-tuning run directory holds settings.json, metrics.jsonl, loss.png, results.json (the
+final evaluation) and the checkpoint `latest/`, plus what the task adds (the classifier head,
+the test-split responses).
+
+Batches are drawn epoch by epoch: epoch e visits the training records in the order of a
+permutation seeded by (seed, e), in `len(train) // batch_size` full batches; dropout masks of
+step s come from (seed, s). A run is thus a function of its settings.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+import autograd.random
+from autograd import Tensor, no_grad
+from autograd.nn import Module
+from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
+
+from .checkpoint import load_pretrained, load_tokenizer_from, resolve_checkpoint, save_checkpoint
+from .lora import LoRALinear, apply_lora, merge_lora
+from .model import GPT
+from .trainer import (DROPOUT, SETTINGS_FILE, GracefulInterrupt, TrainingError, plot_metrics,
+                      step_rng)
+
+TASKS = ("classify", "instruct", "dpo")
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+IGNORE_INDEX = -100          # the target value F.cross_entropy skips
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything that defines a fine-tuning run (saved as settings.json in its directory).
+
+    Task-specific fields are ignored by the other tasks: `trainable` (classify: "last-K" trains
+    the last K blocks and the final LayerNorm, "all" everything, "lora" LoRA adapters; the new
+    head always trains), `mask_prompt`, `max_new_tokens`, `test_responses` (instruct), `beta`
+    (dpo). LoRA is on when `lora_rank` is set (for classify: with trainable="lora").
+    """
+    task: str
+    init: str                           # checkpoint (or run directory) to start from
+    data: str | None = None             # named corpus or local file; None: the task's default
+    data_dir: str | None = None
+    epochs: int = 1
+    max_iters: int | None = None        # optimizer steps; None: epochs * steps per epoch
+    batch_size: int = 8
+    lr: float = 1e-4
+    schedule: str = "constant"          # or "cosine" (down to min_lr)
+    min_lr: float = 0.0
+    warmup_iters: int = 0
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    eval_interval: int = 50
+    eval_iters: int | None = 5          # batches per split in the periodic evaluations (None: all)
+    max_length: int | None = None       # tokens per example (None: the model's context)
+    lora_rank: int | None = None
+    lora_alpha: float | None = None     # None: equal to the rank (scaling 1)
+    trainable: str = "last-1"
+    mask_prompt: bool = False
+    max_new_tokens: int = 100
+    test_responses: int | None = None   # answer this many test records (None: all, 0: none)
+    beta: float = 0.1
+    out_dir: str = "runs"
+    run_name: str | None = None
+    seed: int = 123
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise TrainingError(f"unknown fine-tuning task {self.task!r}; choose one of "
+                                f"{', '.join(TASKS)}")
+        for name in ("epochs", "batch_size", "eval_interval"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                    f"{getattr(self, name)}")
+        for name in ("max_iters", "eval_iters", "max_length", "lora_rank"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise TrainingError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        if not self.lr > 0:
+            raise TrainingError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("constant", "cosine"):
+            raise TrainingError(f"--schedule must be 'constant' or 'cosine', got "
+                                f"{self.schedule!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TrainingError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.task == "classify":
+            parse_trainable(self.trainable)
+            if self.lora_rank is not None and self.trainable != "lora":
+                raise TrainingError("--lora-rank needs --trainable lora for classification")
+        if self.task == "dpo" and not self.beta > 0:
+            raise TrainingError(f"--beta must be positive, got {self.beta}")
+        if self.test_responses is not None and self.test_responses < 0:
+            raise TrainingError(f"--test-responses must be >= 0, got {self.test_responses}")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.trainable == "lora" if self.task == "classify" else self.lora_rank is not None
+
+
+def parse_trainable(spec: str) -> tuple[str, int]:
+    """("last", K) for "last-K", ("all", 0), ("lora", 0); a TrainingError for anything else."""
+    if spec in ("all", "lora"):
+        return spec, 0
+    match = re.fullmatch(r"last-(\d+)", spec)
+    if match and int(match.group(1)) >= 0:
+        return "last", int(match.group(1))
+    raise TrainingError(f"--trainable {spec!r}: expected 'last-K' (K a number of final blocks, "
+                        f"e.g. last-1), 'all' or 'lora'")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+def load_base(settings: FinetuneSettings) -> tuple[GPT, Any, Path]:
+    """The pretrained GPT, its tokenizer and the checkpoint directory they came from.
+
+    Fine-tuning pads with the end-of-text token and teaches the model to end with it, so the
+    tokenizer must have one.
+    """
+    directory = resolve_checkpoint(settings.init)
+    tokenizer = load_tokenizer_from(directory)
+    if tokenizer is None:
+        raise TrainingError(f"--init {settings.init}: {directory} has no tokenizer files; "
+                            f"fine-tuning needs the tokenizer the model was trained with")
+    if getattr(tokenizer, "eot_id", None) is None:
+        raise TrainingError(f"the tokenizer of {directory} has no <|endoftext|> token, which "
+                            f"fine-tuning uses for padding and to end responses")
+    model = load_pretrained(directory, dropout=settings.dropout)
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise TrainingError(f"{directory}: the model's vocabulary ({model.config.vocab_size}) "
+                            f"is smaller than its tokenizer's ({tokenizer.vocab_size})")
+    return model, tokenizer, directory
+
+
+def select_trainable(model: GPT, mode: str, last_k: int = 0) -> None:
+    """Freeze all of `model` but what `mode` trains: "all"; "last" the last `last_k` blocks
+    plus the final LayerNorm (chapter 6's choice: the last block adapts most easily, the early
+    ones hold general features of language that a small labelled set should not overwrite)."""
+    if mode == "all":
+        model.requires_grad_(True)
+        return
+    if mode != "last":
+        raise ValueError(f"select_trainable: unknown mode {mode!r}")
+    model.requires_grad_(False)
+    if last_k > len(model.h):
+        raise TrainingError(f"--trainable last-{last_k}: the model has only {len(model.h)} "
+                            f"blocks")
+    for block in list(model.h)[len(model.h) - last_k:]:
+        block.requires_grad_(True)
+    model.ln_f.requires_grad_(True)
+
+
+def add_lora(model: GPT, settings: FinetuneSettings) -> list[str]:
+    """Wrap the model's Linear layers in LoRA adapters (rank and alpha from the settings)."""
+    rank = settings.lora_rank or 16
+    alpha = settings.lora_alpha if settings.lora_alpha is not None else float(rank)
+    return apply_lora(model, rank, alpha)
+
+
+def start_run(model: GPT, settings: FinetuneSettings, log: Callable[[str], None]
+              ) -> tuple[Path, dict[str, int]]:
+    """Add LoRA adapters if the settings ask for them, create the run directory, and report
+    what trains. Returns (run directory, parameter counts)."""
+    if settings.uses_lora:
+        autograd.random.manual_seed(settings.seed)      # the adapters' initial A matrices
+        add_lora(model, settings)
+    counts = count_parameters(model)
+    directory = new_run_directory(settings)
+    log(f"run directory: {directory}")
+    lora = f" (LoRA rank {settings.lora_rank})" if settings.uses_lora else ""
+    log(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,}{lora}")
+    return directory, counts
+
+
+def count_parameters(model: Module) -> dict[str, int]:
+    """Trainable and total parameter counts (LoRA matrices included in both)."""
+    params = model.parameters()
+    return {"trainable": int(sum(p.size for p in params if p.requires_grad)),
+            "total": int(sum(p.size for p in params))}
+
+
+def export_gpt(model: GPT) -> GPT:
+    """The model as a plain GPT: LoRA adapters folded into the weights (in place)."""
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        merge_lora(model)
+    return model
+
+
+def save_model(directory: Path, model: GPT, tokenizer, train_state: dict) -> Path:
+    """Merge any LoRA adapters and write `directory`/latest as an ordinary GPT checkpoint."""
+    return save_checkpoint(directory / "latest", export_gpt(model), tokenizer, None, train_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory and batching
+
+
+def new_run_directory(settings: FinetuneSettings) -> Path:
+    """Create `out_dir/run_name` (default: task and time) and write settings.json into it."""
+    name = settings.run_name or f"{settings.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory = Path(settings.out_dir).expanduser() / name
+    if (directory / SETTINGS_FILE).exists():
+        raise TrainingError(f"run directory {directory} already holds a run; choose another "
+                            f"--run-name")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SETTINGS_FILE).write_text(
+        json.dumps(dataclasses.asdict(settings), indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped: every step sees batch_size
+    examples, so no step's gradient is a noisy average of a few); at least 1."""
+    return max(1, n_train // batch_size)
+
+
+def batch_indices(step: int, n_train: int, batch_size: int, seed: int) -> np.ndarray:
+    """Which training records step `step` uses: a slice of its epoch's seeded permutation."""
+    per_epoch = steps_per_epoch(n_train, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = step_rng(seed, epoch).permutation(n_train)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, length: int | None = None) -> np.ndarray:
+    """Token lists as one (B, T) int64 array, each row filled up with `pad` to the longest
+    (or to `length`)."""
+    width = max(len(r) for r in rows) if length is None else length
+    out = np.full((len(rows), width), pad, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def split_by_fractions(items: list, fractions: Sequence[float]) -> list[list]:
+    """Consecutive pieces of `items` with int(len * f) items for every fraction but the last,
+    which takes the rest (the book's rounding)."""
+    pieces, start = [], 0
+    for fraction in fractions[:-1]:
+        end = start + int(len(items) * fraction)
+        pieces.append(items[start:end])
+        start = end
+    pieces.append(items[start:])
+    return pieces
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class FitResult:
+    steps: int
+    interrupted: bool
+    seconds: float                      # training steps only, evaluations excluded
+    tokens: int                         # tokens through forward + backward
+    history: list[dict]
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(self.steps, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def fit(model: Module, settings: FinetuneSettings, n_train: int,
+        step_loss: Callable[[np.ndarray], tuple[Tensor, dict[str, float]]],
+        evaluate: Callable[[str, int | None], dict[str, float]],
+        directory: Path, log: Callable[[str], None] = print) -> FitResult:
+    """Train the parameters of `model` that require a gradient.
+
+    `step_loss(indices)` builds the batch of those training records and returns its loss (a
+    scalar Tensor) and numbers to log (include "tokens": the batch's size in tokens).
+    `evaluate(split, max_batches)` returns metrics of a split ("train" or "val"), e.g.
+    {"loss": ..., "accuracy": ...}; it is called every `eval_interval` steps with
+    `eval_iters` batches, and logged as eval_train_* / eval_val_*.
+    """
+    s = settings
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("nothing to train: every parameter is frozen")
+    if n_train < 1:
+        raise TrainingError("the training split is empty")
+    total = s.max_iters or s.epochs * steps_per_epoch(n_train, s.batch_size)
+    warmup = min(s.warmup_iters, total)
+    schedule = lr_schedule(s.schedule, s.lr, warmup, total, min(s.min_lr, s.lr))
+    # Adam's default betas, as the book's fine-tuning uses (PyTorch's AdamW defaults).
+    optimizer = AdamW(decay_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+    metrics_path = directory / METRICS_FILE
+    history: list[dict] = []
+
+    def record(row: dict) -> None:
+        history.append(row)
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def periodic_evaluation(step: int, bar) -> None:
+        row: dict[str, Any] = {"step": step}
+        for split in ("train", "val"):
+            for key, value in evaluate(split, s.eval_iters).items():
+                row[f"eval_{split}_{key}"] = round(float(value), 5)
+        record(row)
+        shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k != "step")
+        (bar.write if bar is not None else log)(f"step {step}: {shown}")
+
+    model.train()
+    seconds, tokens, step = 0.0, 0, 0
+    bar = tqdm(total=total, desc=f"fine-tuning ({s.task})", unit="step",
+               disable=not s.progress, dynamic_ncols=True)
+    with GracefulInterrupt() as interrupt:
+        periodic_evaluation(0, bar)
+        while step < total and not interrupt.requested:
+            t0 = time.perf_counter()
+            lr = schedule(step)
+            optimizer.lr = lr
+            autograd.random.manual_seed([s.seed, DROPOUT, step])   # this step's dropout masks
+            optimizer.zero_grad()
+            loss, extras = step_loss(batch_indices(step, n_train, s.batch_size, s.seed))
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                bar.close()
+                raise TrainingError(f"the loss became {loss_value} at step {step}; try a lower "
+                                    f"--lr")
+            loss.backward()
+            grad_norm = clip_grad_norm(params, s.grad_clip) if s.grad_clip > 0 else float("nan")
+            optimizer.step()
+            seconds += time.perf_counter() - t0
+            tokens += int(extras.pop("tokens", 0))
+            step += 1
+            row = {"step": step, "loss": round(loss_value, 5), "lr": lr,
+                   "grad_norm": round(grad_norm, 4), "time": round(seconds, 3)}
+            row.update({k: round(float(v), 5) for k, v in extras.items()})
+            record(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % s.eval_interval == 0 and step < total:
+                periodic_evaluation(step, bar)
+        interrupted = interrupt.requested
+    bar.close()
+    if interrupted:
+        log(f"interrupted at step {step} of {total}: evaluating and saving what there is")
+    periodic_evaluation(step, None)
+    plot_metrics(directory)
+    return FitResult(step, interrupted, seconds, tokens, history)
+
+
+@no_grad()
+def evaluate_batches(model: Module, n_records: int, batch_size: int, max_batches: int | None,
+                     batch_metrics: Callable[[np.ndarray], dict[str, tuple[float, float]]]
+                     ) -> dict[str, float]:
+    """Weighted means over the first `max_batches` batches (all if None) of a split, in order.
+
+    `batch_metrics(indices)` returns {name: (sum, count)} for one batch, so that e.g. a loss is
+    averaged over tokens and an accuracy over examples, whatever the batch sizes.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    try:
+        n_batches = math.ceil(n_records / batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        for b in range(n_batches):
+            indices = np.arange(b * batch_size, min((b + 1) * batch_size, n_records))
+            for name, (total, count) in batch_metrics(indices).items():
+                entry = sums.setdefault(name, [0.0, 0.0])
+                entry[0] += total
+                entry[1] += count
+    finally:
+        model.train(was_training)
+    return {name: total / count if count else float("nan")
+            for name, (total, count) in sums.items()}
+
+
+def write_results(directory: Path, results: dict) -> Path:
+    path = directory / RESULTS_FILE
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run_summary(fit_result: FitResult, counts: dict[str, int]) -> dict[str, Any]:
+    """What every task reports: steps, time and speed, trainable parameter counts."""
+    return {"steps": fit_result.steps, "interrupted": fit_result.interrupted,
+            "train_seconds": round(fit_result.seconds, 2),
+            "seconds_per_step": round(fit_result.seconds_per_step, 4),
+            "tokens_per_second": round(fit_result.tokens_per_second, 1),
+            "trainable_parameters": counts["trainable"], "total_parameters": counts["total"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: python train.py classify|instruct|dpo ...
+
+# Per task: the data it reads by default, and defaults that differ from FinetuneSettings'.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": dict(data="sms-spam", epochs=5, lr=5e-4, eval_interval=50),
+    "instruct": dict(data="instructions", epochs=2, lr=3e-4, eval_interval=50),
+    "dpo": dict(data="instructions-preference", epochs=1, lr=5e-5, eval_interval=25),
+}
+
+
+def build_parser(task: str) -> argparse.ArgumentParser:
+    defaults = FinetuneSettings(task=task, init="", **TASK_DEFAULTS[task])
+    descriptions = {
+        "classify": "Fine-tune a pretrained GPT into a spam classifier (SMS Spam Collection): a "
+                    "2-way head on the hidden state of the last non-padding token.",
+        "instruct": "Instruction fine-tuning on Alpaca-style records "
+                    "(instruction/input/output), the book's prompt layout.",
+        "dpo": "Direct preference optimisation on records with chosen/rejected responses, "
+               "against a frozen copy of the starting model.",
+    }
+    p = argparse.ArgumentParser(prog=f"train.py {task}", description=descriptions[task],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--init", required=True,
+                   help="checkpoint or run directory to start from (pretrained with train.py, "
+                        "a Hugging Face GPT-2 directory, or for dpo an instruct run)")
+    p.add_argument("--data", default=defaults.data,
+                   help="named data set or a local file (" + {
+                       "classify": ".tsv lines 'ham|spam<TAB>text', or the UCI .zip",
+                       "instruct": "JSON list or JSONL of instruction/input/output records",
+                       "dpo": "JSON list or JSONL of records with instruction, input, chosen, "
+                              "rejected"}[task] + ")")
+    p.add_argument("--data-dir", default=None, help="download/cache directory")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=defaults.epochs)
+    opt.add_argument("--max-iters", type=int, default=None,
+                     help="optimizer steps (overrides --epochs)")
+    opt.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    opt.add_argument("--lr", type=float, default=defaults.lr)
+    opt.add_argument("--schedule", choices=("constant", "cosine"), default=defaults.schedule)
+    opt.add_argument("--min-lr", type=float, default=defaults.min_lr,
+                     help="end of the cosine schedule")
+    opt.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters)
+    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    opt.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
+                     help="clip the global gradient norm (0: off)")
+    opt.add_argument("--dropout", type=float, default=defaults.dropout)
+    opt.add_argument("--max-length", type=int, default=None,
+                     help="tokens per example; longer ones are cut (default: the model's "
+                          "context" + (", or the longest training message" if task == "classify"
+                                       else "") + ")")
+    lora = p.add_argument_group("LoRA")
+    lora.add_argument("--lora-rank", type=int, default=None,
+                      help="train rank-R LoRA adapters on every Linear of the blocks instead "
+                           "of the weights" + (" (with --trainable lora; default 16)"
+                                               if task == "classify" else ""))
+    lora.add_argument("--lora-alpha", type=float, default=None,
+                      help="LoRA scaling numerator: updates are scaled by alpha/rank "
+                           "(default: alpha = rank)")
+    if task == "classify":
+        p.add_argument("--trainable", default=defaults.trainable,
+                       help="what learns besides the new head: 'last-K' (the last K blocks and "
+                            "the final LayerNorm), 'all', or 'lora'")
+    if task == "instruct":
+        p.add_argument("--mask-prompt", action="store_true",
+                       help="no loss on the prompt tokens, only on the response")
+    if task in ("instruct", "dpo"):
+        p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                       help="length limit of the test-split responses")
+        p.add_argument("--test-responses", type=int, default=None,
+                       help="answer only the first N test records (0: none; default all)")
+    if task == "dpo":
+        p.add_argument("--beta", type=float, default=defaults.beta,
+                       help="DPO's beta: how strongly the policy may move away from the "
+                            "reference")
+    run = p.add_argument_group("evaluation and output")
+    run.add_argument("--eval-interval", type=int, default=defaults.eval_interval)
+    run.add_argument("--eval-iters", type=int, default=defaults.eval_iters,
+                     help="batches per split in the periodic evaluations")
+    run.add_argument("--out-dir", default=defaults.out_dir)
+    run.add_argument("--run-name", default=None, help="default: task and time")
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def settings_from_args(task: str, argv: Sequence[str]) -> FinetuneSettings:
+    args = vars(build_parser(task).parse_args(list(argv)))
+    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    settings = FinetuneSettings(task=task, **{k: v for k, v in args.items() if k in fields})
+    settings.validate()
+    return settings
+
+
+def run_task(settings: FinetuneSettings, log: Callable[[str], None] = print) -> dict:
+    """Run one fine-tuning task to the end; returns its results (also in results.json)."""
+    settings.validate()
+    if settings.task == "classify":
+        from .classify import run_classify
+        return run_classify(settings, log)
+    if settings.task == "instruct":
+        from .instruct import run_instruct
+        return run_instruct(settings, log)
+    from .dpo import run_dpo
+    return run_dpo(settings, log)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`train.py <task> [options]`: argv[0] is the task name."""
+    if not argv or argv[0] not in TASKS:
+        raise TrainingError(f"expected a fine-tuning task ({', '.join(TASKS)}) first")
+    run_task(settings_from_args(argv[0], argv[1:]))
+    return 0
