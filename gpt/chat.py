@@ -141,8 +141,9 @@ class ChatTemplate:
 
 TEMPLATES: dict[str, ChatTemplate] = {
     "base": ChatTemplate("base", _render_base, (), start_with_eot=True),
-    # "\n\n###" first so that the blank line before the model's next header is not shown.
-    "alpaca": ChatTemplate("alpaca", _render_alpaca, ("\n\n###", "\n###", "### ")),
+    # A small model often starts the next "### Instruction:" itself instead of stopping.
+    # "\n\n###" is listed so that the blank line before that header is not shown either.
+    "alpaca": ChatTemplate("alpaca", _render_alpaca, ("\n\n###", "\n###", "###")),
 }
 
 
@@ -163,7 +164,8 @@ def chat_template_for(checkpoint: str | os.PathLike) -> str:
       1. config.json, top-level key ``"deep_understanding_chat_template": "alpaca"``
          (Hugging Face's loader ignores keys it does not know);
       2. train_state.json, key ``"chat_template"``.
-    Fine-tuning code should call `set_chat_template(directory, "alpaca")` after saving.
+    `gpt.instruct` writes the second when it saves; `set_chat_template(directory, "alpaca")`
+    writes the first, for any other checkpoint.
     """
     directory = resolve_checkpoint(checkpoint)
     for filename, key in ((CONFIG_FILE, TEMPLATE_KEY), (STATE_FILE, "chat_template")):
