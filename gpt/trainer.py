@@ -301,7 +301,11 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
     optimizer = AdamW(decay_groups(model, settings.weight_decay), lr=settings.lr,
                       betas=(settings.beta1, settings.beta2))
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError) as error:
+            raise TrainingError(f"cannot resume: the optimizer state in {ckpt} does not fit "
+                                f"the model: {error}") from None
 
     if resume is None:
         directory = _new_run_directory(settings)

@@ -161,3 +161,15 @@ def test_ctrl_c_saves_a_checkpoint(corpus, tmp_path):
     assert "interrupted at step" in stdout
     _, state = load_training_state(run_dir / "latest")
     assert state["step"] >= 3
+
+
+def test_mismatched_optimizer_state_is_a_clear_error(corpus, tmp_path):
+    run = prepare_run(settings(corpus, tmp_path, run_name="m", stop_after=2), log=quiet)
+    train(run)
+    state = np.load(run.directory / "latest" / "optimizer.npz")
+    arrays = {k: state[k] for k in state.files}
+    key = next(k for k in arrays if k.endswith("exp_avg"))
+    arrays[key] = np.zeros((3, 3), dtype=np.float32)           # wrong shape
+    np.savez(run.directory / "latest" / "optimizer.npz", **arrays)
+    with pytest.raises(TrainingError, match="does not fit the model"):
+        prepare_run(settings(corpus, tmp_path), resume=run.directory, log=quiet)
