@@ -37,6 +37,7 @@ from .generate import SamplingParams
 MAX_BODY_BYTES = 1 << 20          # 1 MiB: far more than any prompt that fits a context
 MAX_TOKENS_LIMIT = 4096           # per request; generation past the context re-prefills
 MAX_STOP_STRINGS = 4              # as OpenAI
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class ApiError(Exception):
@@ -140,6 +141,9 @@ class ChatServer(ThreadingHTTPServer):
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = min(default_max_tokens, max_tokens_limit)
         self.log = log
+        # Bound to loopback, only requests that name a loopback host are answered: a web page
+        # on another site that points a DNS name at 127.0.0.1 ("DNS rebinding") is refused.
+        self.check_host = host in LOOPBACK_NAMES
         super().__init__((host, port), ChatRequestHandler)
 
     @property
@@ -159,7 +163,9 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         route = urlsplit(self.path).path
-        if route in ("/", "/index.html"):
+        if not self._host_allowed():
+            self._refuse_host()
+        elif route in ("/", "/index.html"):
             self._send(200, _index_html(), "text/html; charset=utf-8")
         elif route == "/v1/models":
             self._send_json(200, {"object": "list", "data": [self._model_card()]})
@@ -175,9 +181,20 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         parse = {"/v1/chat/completions": self._parse_chat,
                  "/v1/completions": self._parse_completion}.get(route)
         try:
+            if not self._host_allowed():
+                self._drop_body()
+                raise self._host_error()
             if parse is None:
                 self._drop_body()
                 raise self._unknown_route(route)
+            content_type = self.headers.get("Content-Type")
+            if content_type is not None and self.headers.get_content_type() != "application/json":
+                # Also what keeps other web sites out: a browser sends a cross-site POST without
+                # asking first only for form and plain-text bodies.
+                self._drop_body()
+                raise ApiError(415, f"the body must be JSON, sent with Content-Type: "
+                                    f"application/json (got {content_type})",
+                               code="unsupported_media_type")
             job = parse(self._read_json())
             self._run(job)
         except ApiError as error:
@@ -200,6 +217,21 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
                                            f"GET or POST").body(), {"Allow": "GET, POST"})
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+
+    def _host_allowed(self) -> bool:
+        host = self.headers.get("Host")
+        if not self.server.check_host or host is None:
+            return True
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else \
+            host.rsplit(":", 1)[0]
+        return name.lower() in LOOPBACK_NAMES
+
+    def _host_error(self) -> ApiError:
+        return ApiError(403, f"this server answers requests to 127.0.0.1 or localhost only, not "
+                             f"to {self.headers.get('Host')!r}", code="forbidden_host")
+
+    def _refuse_host(self) -> None:
+        self._send_json(403, self._host_error().body())
 
     def _unknown_route(self, route: str) -> ApiError:
         return ApiError(404, f"no route {self.command} {route}; this server has GET /, "

@@ -218,6 +218,17 @@ def test_routes_methods_and_sizes(server):
     assert request(server, "/v1/models")[0] == 200         # still serving
 
 
+def test_only_json_from_a_loopback_host(server):
+    status, error = request(server, "/v1/completions", raw=b'{"prompt": "a"}',
+                            headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in error["error"]["message"]
+    for path, body in (("/v1/models", None), ("/v1/completions", {"prompt": "a"})):
+        status, error = request(server, path, body, headers={"Host": "evil.example:8000"})
+        assert status == 403 and "evil.example" in error["error"]["message"]
+    assert request(server, "/v1/models", headers={"Host": "localhost:1"})[0] == 200
+    assert request(server, "/v1/models", headers={"Host": "[::1]:1"})[0] == 200
+
+
 def test_a_full_queue_answers_429(server):
     engine = server.engine
     engine.max_waiting = 0
@@ -239,12 +250,14 @@ def test_a_client_that_disconnects_stops_its_generation():
     try:
         body = json.dumps({"prompt": "x", "max_tokens": limit, "stream": True}).encode()
         client = socket.create_connection(server.server_address[:2], timeout=30)
-        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\n"
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                        b"Content-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         received = b""
         while b"data: " not in received:
-            received += client.recv(4096)
+            piece = client.recv(4096)
+            assert piece, received
+            received += piece
         assert received.startswith(b"HTTP/1.1 200")
         client.close()
         # The next request waits for the model; by then the first generation has ended.
