@@ -23,8 +23,11 @@ state, so a message gets the same logits alone or padded in any batch (a test ch
 The gather's backward scatters each row's gradient back to the position it came from (zeros
 elsewhere): only the positions that the head read send gradient into the network.
 
-What trains: `--trainable last-K` (default last-1, the book's choice: the last block and the
-final LayerNorm), `all`, or `lora` (LoRA adapters in every block); the head always trains.
+What trains: `--trainable all` (the default), `last-K` (the last K blocks and the final
+LayerNorm; the book trains last-1 of GPT-2 124M, whose features are already rich), or `lora`
+(LoRA adapters in every block); the head always trains. A small model pretrained on stories
+has to adapt more of itself to text messages: all blocks beat the last one by about 5 points
+of test accuracy (see the README's figures).
 
 A classifier checkpoint is an ordinary GPT checkpoint directory (GPT.from_pretrained opens it)
 plus `classifier.safetensors`: the head (`classifier.weight` (C, n_classes), `classifier.bias`)

@@ -87,7 +87,7 @@ class FinetuneSettings:
     max_length: int | None = None       # tokens per example (None: the model's context)
     lora_rank: int | None = None
     lora_alpha: float | None = None     # None: equal to the rank (scaling 1)
-    trainable: str = "last-1"
+    trainable: str = "all"
     mask_prompt: bool = False
     max_new_tokens: int = 100
     test_responses: int | None = None   # answer this many test records (None: all, 0: none)
@@ -486,8 +486,9 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                            "(default: alpha = rank)")
     if task == "classify":
         p.add_argument("--trainable", default=defaults.trainable,
-                       help="what learns besides the new head: 'last-K' (the last K blocks and "
-                            "the final LayerNorm), 'all', or 'lora'")
+                       help="what learns besides the new head: 'all', 'last-K' (the last K "
+                            "blocks and the final LayerNorm; the book trains last-1 of GPT-2), "
+                            "or 'lora'")
     if task == "instruct":
         p.add_argument("--mask-prompt", action="store_true",
                        help="no loss on the prompt tokens, only on the response")

@@ -14,15 +14,22 @@ at r = 16: 49,152 instead of 1,769,472). Two choices make it behave:
 - alpha / r scales the correction. With alpha fixed, a larger rank does not mean larger updates,
   so a learning rate found at one rank carries over to another.
 
-Backward. With h = x A (N, r) and G = dL/dy (N, out), the chain rule through the two products:
-    dL/dB = (alpha/r) h^T G                (r, out)
-    dL/dA = (alpha/r) x^T (G B^T)          (in, r)
-    dL/dx = G W^T + (alpha/r) (G B^T) A^T  (N, in)
-The layer is written as two `F.linear` calls and a scalar product, so each of those pieces is
-the already gradient-checked op; tests/test_finetune.py checks the whole layer in float64.
-W and b are frozen (`requires_grad=False`), and `F.linear` skips `x^T G` for a weight that does
-not require a gradient: the largest product of the backward pass is never computed, which is
-where LoRA's speed comes from (besides AdamW touching only the small matrices).
+The layer is one fused op, `lora_linear`, with its backward derived by hand. With x flattened
+to X (N, in), H = s X A (N, r) where s = alpha/r, and G = dL/dY (N, out):
+    Y     = X W + b + H B
+    dL/dB = H^T G                          (r, out)
+    dL/dH = G B^T,  so with the factor s:  dL/d(XA) = s G B^T   (N, r)
+    dL/dA = X^T (s G B^T)                  (in, r)
+    dL/dX = G W^T + (s G B^T) A^T          (N, in)
+    dL/dW = X^T G,  dL/db = sum_n G_n      (only if they require a gradient)
+Written as two `F.linear` calls and an addition it would be the same math, but with three more
+graph nodes and a separate (N, out) array for H B; fused, H B is added into Y in place.
+W and b are frozen (`requires_grad=False`), so `X^T G`, the largest product of the backward
+pass, is never computed; with the tied embedding frozen too, the output head's weight gradient
+(C x vocabulary) and the embedding scatter go as well. That, and AdamW touching only the small
+matrices, is where LoRA's speed comes from; the price is the two thin products X A and H B
+(2 r (in + out) per row, against in * out for the layer), so the saving grows with the width.
+tests/test_finetune.py checks the layer against finite differences in float64.
 
 After training, `merge_lora` folds the correction into the weight, W' = W + (alpha/r) A B, and
 puts plain `Linear` layers back: the exported model has GPT-2's exact layout and costs nothing
@@ -35,11 +42,10 @@ from typing import Iterable
 import numpy as np
 
 from autograd import Tensor
-from autograd import functional as F
 from autograd.nn import Linear, Module, Parameter
 from autograd.random import default_rng
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "merged_state_dict", "lora_parameters",
+__all__ = ["LoRALinear", "lora_linear", "apply_lora", "merge_lora", "merged_state_dict", "lora_parameters",
            "DEFAULT_TARGETS"]
 
 # The Linear layers of a GPT-2 block: attention's qkv and output projections, and the MLP's two.
@@ -79,10 +85,7 @@ class LoRALinear(Module):
         self.lora_B = Parameter(np.zeros((self.rank, n_out), dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Scale the narrow (N, r) activation rather than the (N, out) output: same result,
-        # rank/out times less work.
-        correction = F.linear(F.linear(x, self.lora_A) * self.scaling, self.lora_B)
-        return F.linear(x, self.weight, self.bias) + correction
+        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling)
 
     def merged_weight(self) -> np.ndarray:
         """W + (alpha/r) A B: the plain weight that computes what this layer computes."""
@@ -92,6 +95,46 @@ class LoRALinear(Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"rank={self.rank}, alpha={self.alpha:g}")
+
+
+def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                scaling: float) -> Tensor:
+    """y = x W + b + scaling * (x A) B as one node; the backward is derived in the module
+    docstring. x (..., in), W (in, out), b (out,) or None, A (in, r), B (r, out)."""
+    w, a, b_lora = weight.data, lora_A.data, lora_B.data
+    n_in, n_out = w.shape
+    if x.shape[-1] != n_in or a.shape[0] != n_in or b_lora.shape[1] != n_out \
+            or a.shape[1] != b_lora.shape[0]:
+        raise ValueError(f"lora_linear: shapes do not fit: x {x.shape}, W {w.shape}, "
+                         f"A {a.shape}, B {b_lora.shape}")
+    x_shape = x.shape
+    x2 = x.data.reshape(-1, n_in)                     # X (N, in)
+    y2 = x2 @ w                                       # (N, out)
+    if bias is not None:
+        y2 += bias.data
+    h = x2 @ a                                        # (N, r)
+    h *= scaling                                      # H = s X A: scale the thin side
+    y2 += h @ b_lora                                  # in place: no (N, out) temporary kept
+
+    def backward(g):
+        g2 = g.reshape(-1, n_out)                     # G (N, out)
+        gb_lora = h.T @ g2 if lora_B.requires_grad else None
+        gh = g2 @ b_lora.T                            # (N, r)
+        gh *= scaling                                 # dL/d(XA) = s G B^T
+        ga = x2.T @ gh if lora_A.requires_grad else None
+        gx = None
+        if x.requires_grad:
+            gx = g2 @ w.T
+            gx += gh @ a.T
+            gx = gx.reshape(x_shape)
+        gw = x2.T @ g2 if weight.requires_grad else None
+        gbias = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
+        grads = (gx, gw, gbias, ga, gb_lora)
+        return grads if bias is not None else grads[:2] + grads[3:]
+
+    parents = (x, weight, bias, lora_A, lora_B) if bias is not None \
+        else (x, weight, lora_A, lora_B)
+    return Tensor._make(y2.reshape(*x_shape[:-1], n_out), parents, backward, "lora_linear")
 
 
 def _parent_and_name(model: Module, dotted: str) -> tuple[Module, str]:

@@ -115,6 +115,13 @@ def test_lora_layer_gradcheck_float64():
     expected = (x.data @ layer.weight.data + layer.bias.data
                 + 1.5 * (x.data @ layer.lora_A.data) @ layer.lora_B.data)
     assert np.allclose(layer(x).data, expected)
+    # The fused op's paths for a trainable W and b, and for a layer without bias.
+    layer.weight.requires_grad = layer.bias.requires_grad = True
+    inputs = [x, layer.weight, layer.bias, layer.lora_A, layer.lora_B]
+    assert gradcheck(lambda *_: layer(x), inputs).passed
+    no_bias = LoRALinear(Linear(5, 3, bias=False, rng=rng, dtype=np.float64), 2, 2.0, rng=rng)
+    no_bias.lora_B.data[...] = rng.normal(0, 1, no_bias.lora_B.shape)
+    assert gradcheck(lambda *_: no_bias(x), [x, no_bias.lora_A, no_bias.lora_B]).passed
 
 
 def test_lora_starts_as_the_base_model_and_freezes_it():
