@@ -7,6 +7,7 @@
     from autograd.gradcheck import gradcheck
 """
 from . import functional, nn, optim
+from .allocator import keep_freed_memory
 from .nn import Module, Parameter
 from .random import manual_seed
 from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_grad, split,
@@ -15,3 +16,5 @@ from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
            "stack", "split", "unbroadcast", "manual_seed", "functional", "nn", "optim", "Module",
            "Parameter"]
+
+keep_freed_memory()
