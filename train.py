@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out-dir", default=defaults.out_dir, help="where run directories go")
     run.add_argument("--run-name", default=None, help="run directory name (default: the time)")
     run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--threads", type=int, default=defaults.threads,
+                     help="threads that share each batch (0: one per core); each runs its "
+                          "shard's matrix products on one core")
     run.add_argument("--stop-after", type=int, default=None,
                      help="stop after this step with a checkpoint (resume later with --resume)")
     run.add_argument("--resume", default=None, metavar="RUN_DIR",

@@ -6,9 +6,14 @@ they are given a generator of their own. Its state is saved in checkpoints (`get
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 
 _rng = np.random.default_rng(0)
+_local = threading.local()
 
 
 def manual_seed(seed: int) -> np.random.Generator:
@@ -19,7 +24,23 @@ def manual_seed(seed: int) -> np.random.Generator:
 
 
 def default_rng() -> np.random.Generator:
-    return _rng
+    """The generator in use: this thread's own inside `using_rng`, else the library's."""
+    return getattr(_local, "rng", None) or _rng
+
+
+@contextmanager
+def using_rng(rng: np.random.Generator) -> Iterator[np.random.Generator]:
+    """Make `default_rng()` return `rng` in this thread for the duration of the block.
+
+    Threads that run parts of one training step each get their own generator, so the dropout
+    masks do not depend on which thread happened to draw first.
+    """
+    previous = getattr(_local, "rng", None)
+    _local.rng = rng
+    try:
+        yield rng
+    finally:
+        _local.rng = previous
 
 
 def get_state() -> dict:

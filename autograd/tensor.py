@@ -54,6 +54,23 @@ def enable_grad() -> Iterator[None]:
         _state.enabled = previous
 
 
+@contextmanager
+def leaf_grads_into(sink: dict) -> Iterator[dict]:
+    """Inside this block (in this thread), backward() adds leaf gradients into `sink`
+    (id(leaf) -> array) instead of `leaf.grad`.
+
+    This is what lets several threads run backward passes over one model at once
+    (`autograd.parallel`): each thread collects its own gradients, and they are summed
+    afterwards in a fixed order, with no two threads ever writing the same `.grad`.
+    """
+    previous = getattr(_state, "grad_sink", None)
+    _state.grad_sink = sink
+    try:
+        yield sink
+    finally:
+        _state.grad_sink = previous
+
+
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the ops.
 
@@ -264,12 +281,16 @@ class Tensor:
         # Gradients of non-leaf tensors live only in this dict, and each is dropped as soon as
         # it has been passed on: intermediate gradients never pile up in memory.
         grads: dict[int, np.ndarray] = {id(self): grad}
+        sink = getattr(_state, "grad_sink", None)
         for node in reversed(self._topological_order()):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
             if node._backward is None:          # a leaf: keep its gradient
-                if node.grad is None:
+                if sink is not None:
+                    previous = sink.get(id(node))
+                    sink[id(node)] = g if previous is None else previous + g
+                elif node.grad is None:
                     # Copy: the same array may also have been handed to another tensor.
                     node.grad = np.array(g, dtype=node.dtype, copy=True)
                 else:

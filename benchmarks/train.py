@@ -7,7 +7,9 @@ memory, and where the time goes.
 Configurations (vocabulary 65, as character-level Tiny Shakespeare):
     small: nanoGPT's shakespeare-char CPU config, n_layer 4, n_head 4, n_embd 128, block 64, batch 12
     large: n_layer 6, n_head 6, n_embd 384, block 256, batch 16
-Each runs in its own process so that its peak resident memory is its own.
+Each runs in its own process so that its peak resident memory is its own. Steps run as
+train.py runs them: the batch split over data-parallel threads (--threads, default one per
+core). The time shares are measured in one thread with the op profiler.
 """
 from __future__ import annotations
 
@@ -45,10 +47,12 @@ GROUPS = {
 }
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, threads: int) -> dict:
     from autograd.optim import AdamW, clip_grad_norm, decay_groups
+    from autograd.parallel import DataParallel, limit_blas_threads
     from autograd.profiler import profile
     from gpt import GPT, GPTConfig
+    from gpt.trainer import backward_batches
 
     spec = CONFIGS[name]
     config = GPTConfig(**spec["model"])
@@ -60,32 +64,35 @@ def run_one(name: str) -> dict:
     x = rng.integers(0, config.vocab_size, size=(batch, block))
     y = rng.integers(0, config.vocab_size, size=(batch, block))
 
-    def step(prof=None):
+    def step(parallel):                      # what gpt.trainer does in one step
         model.zero_grad()
-        if prof is not None:
-            prof.mark()
-        loss = model.loss(x, y)       # fused output head + cross-entropy, as train.py does
-        loss.backward()
-        if prof is not None:
-            with prof.section("clip+adamw"):
-                clip_grad_norm(params, 1.0)
-                optimizer.step()
-        else:
+        backward_batches(parallel, model.loss, [(x, y)], params, seed=0, step=0)
+        clip_grad_norm(params, 1.0)
+        optimizer.step()
+
+    with DataParallel(threads) as parallel:
+        for _ in range(3):                   # warm-up: allocations, thread pools
+            step(parallel)
+        times = []
+        for _ in range(spec["steps"]):
+            start = time.perf_counter()
+            step(parallel)
+            times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+
+    # Where the time goes: profiled in one thread (the profiler charges time by the clock, so
+    # it needs ops to run one after another), with BLAS on one core as each shard has it.
+    def profiled_step(prof):
+        model.zero_grad()
+        prof.mark()
+        model.loss(x, y).backward()
+        with prof.section("clip+adamw"):
             clip_grad_norm(params, 1.0)
             optimizer.step()
 
-    for _ in range(3):                       # warm-up: allocations, BLAS threads
-        step()
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
-    with profile() as prof:
-        n_prof = max(2, spec["steps"] // 3)
-        for _ in range(n_prof):
-            step(prof)
+    with limit_blas_threads(1), profile() as prof:
+        for _ in range(max(2, spec["steps"] // 3)):
+            profiled_step(prof)
     totals = prof.totals()
     grand = sum(totals.values())
     shares: dict[str, float] = {}
@@ -93,8 +100,8 @@ def run_one(name: str) -> dict:
         group = GROUPS.get(op, "other (reshape, add, indexing, ...)")
         shares[group] = shares.get(group, 0.0) + seconds / grand
     return {"config": name, "params": model.num_parameters(), "batch": batch, "block": block,
-            "ms_per_iter": median * 1e3, "best_ms": min(times) * 1e3,
-            "tokens_per_sec": batch * block / median,
+            "threads": parallel.threads, "ms_per_iter": median * 1e3,
+            "best_ms": min(times) * 1e3, "tokens_per_sec": batch * block / median,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "shares": shares}
 
@@ -103,7 +110,7 @@ def report(result: dict) -> None:
     name = result["config"]
     torch = PYTORCH_TOKENS_PER_SEC[name]
     print(f"{name}: {result['params']:,} parameters, batch {result['batch']} x block "
-          f"{result['block']}")
+          f"{result['block']}, {result['threads']} thread(s)")
     print(f"  {result['ms_per_iter']:.1f} ms/iter (best {result['best_ms']:.1f}), "
           f"{result['tokens_per_sec']:,.0f} tokens/s "
           f"({result['tokens_per_sec'] / torch:.2f}x PyTorch's {torch:,}), "
@@ -115,14 +122,17 @@ def report(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="data-parallel threads, as train.py --threads (0: one per core)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child)))
+        print(json.dumps(run_one(args.child, args.threads)))
         return
     for name in args.config or list(CONFIGS):
-        out = subprocess.run([sys.executable, __file__, "--child", name], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, __file__, "--child", name, "--threads",
+                              str(args.threads)], check=True, capture_output=True,
+                             text=True).stdout
         report(json.loads(out.strip().splitlines()[-1]))
 
 

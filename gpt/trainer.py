@@ -29,6 +29,7 @@ from tqdm import tqdm
 import autograd.random
 from autograd import no_grad
 from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
+from autograd.parallel import DataParallel, default_threads, split_batch
 
 from .checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
                          load_training_state, resolve_checkpoint, save_checkpoint)
@@ -83,10 +84,13 @@ class TrainSettings:
     out_dir: str = "runs"
     run_name: str | None = None
     seed: int = 1337
+    threads: int = 0                # forward/backward threads (0: one per core); part of the run
     stop_after: int | None = None   # end (with a checkpoint) after this step, as if interrupted
     progress: bool = True
 
     def validate(self) -> None:
+        if self.threads < 0:
+            raise TrainingError(f"--threads must be >= 0 (0: one per core), got {self.threads}")
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters",
                      "vocab_size"):
             if getattr(self, name) < 1:
@@ -159,25 +163,54 @@ def model_config(settings: TrainSettings, vocab_size: int) -> GPTConfig:
 BATCHES, TRAIN_EVAL, VAL_EVAL, DROPOUT = range(4)
 
 
-def step_rng(seed: int, step: int, stream: int = BATCHES) -> np.random.Generator:
-    """The generator for one step's randomness: a pure function of (seed, step, stream)."""
-    return np.random.default_rng([seed, stream, step])
+def step_rng(seed: int, step: int, stream: int = BATCHES, *keys: int) -> np.random.Generator:
+    """The generator for one step's randomness: a pure function of (seed, step, stream, keys)."""
+    return np.random.default_rng([seed, stream, step, *keys])
 
 
-@no_grad()
-def estimate_loss(model: GPT, data: TokenData, batch_size: int, eval_iters: int, seed: int
-                  ) -> dict[str, float]:
+def backward_batches(parallel: DataParallel, loss_fn, batches: list[tuple], params: list,
+                     seed: int, step: int) -> float:
+    """Forward and backward of one step's micro-batches, each split over the threads.
+
+    Gradients add up in the parameters' `.grad` as those of the mean loss over all the step's
+    sequences: every micro-batch weighs the same, and within one, each thread's shard weighs
+    by its number of sequences. Shard i of micro-batch m draws its dropout masks from
+    step_rng(seed, step, DROPOUT, m, i), so the step is repeatable whatever the threads do.
+    Returns that mean loss.
+    """
+    total = 0.0
+    for micro, batch in enumerate(batches):
+        n = len(batch[0])
+        slices = split_batch(n, parallel.threads)
+        weights = [(sl.stop - sl.start) / (n * len(batches)) for sl in slices]
+        rngs = [step_rng(seed, step, DROPOUT, micro, i) for i in range(len(slices))]
+        losses = parallel.backward(loss_fn, [tuple(a[sl] for a in batch) for sl in slices],
+                                   params, weights, rngs)
+        total += sum(w * loss for w, loss in zip(weights, losses))
+    return total
+
+
+def estimate_loss(model: GPT, data: TokenData, batch_size: int, eval_iters: int, seed: int,
+                  parallel: DataParallel | None = None) -> dict[str, float]:
     """Mean loss over `eval_iters` batches of each split; the same batches at every call."""
     was_training = model.training
     model.eval()
     block = model.config.block_size
+    threads = parallel.threads if parallel is not None else 1
+
+    def shard_loss(shard: tuple) -> float:
+        with no_grad():                   # per thread: grad mode is thread-local
+            return model.loss(*shard).item() * len(shard[0])
+
     out = {}
     for split in ("train", "val"):
         rng = step_rng(seed, 0, TRAIN_EVAL if split == "train" else VAL_EVAL)
         losses = []
         for _ in range(eval_iters):
             x, y = data.get_batch(split, batch_size, block, rng)
-            losses.append(model.loss(x, y).item())
+            shards = [(x[sl], y[sl]) for sl in split_batch(len(x), threads)]
+            sums = parallel.map(shard_loss, shards) if parallel else [shard_loss(shards[0])]
+            losses.append(sum(sums) / len(x))
         out[split] = float(np.mean(losses))
     model.train(was_training)
     return out
@@ -210,6 +243,7 @@ class Run:
     best_val: float = math.inf
     log: Callable[[str], None] = print
     history: list[dict] = field(default_factory=list)
+    parallel: DataParallel | None = None     # the thread pool, while train() runs
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -265,6 +299,8 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
                                 f"(no optimizer or train state)")
         step, best_val = int(state["step"]), float(state["best_val_loss"])
     settings.validate()
+    if settings.threads == 0:         # fixed now, so that a resumed run shards batches alike
+        settings.threads = default_threads()
 
     splits = load_text_splits(settings.data, data_dir=settings.data_dir)
     if resume is not None:
@@ -355,22 +391,18 @@ def train(run: Run) -> dict:
     smoothed_speed = None
     bar = tqdm(total=last_step, initial=run.step, desc="training", unit="step",
                disable=not s.progress, dynamic_ncols=True)
-    with _GracefulInterrupt() as interrupt:
+    with GracefulInterrupt() as interrupt, DataParallel(s.threads) as parallel:
+        run.parallel = parallel
         while run.step < last_step and not interrupt.requested:
             step = run.step
             t0 = time.perf_counter()
             lr = schedule(step)
             optimizer.lr = lr
             batch_rng = step_rng(s.seed, step, BATCHES)
-            autograd.random.manual_seed([s.seed, DROPOUT, step])   # this step's dropout masks
+            batches = [run.data.get_batch("train", s.batch_size, block, batch_rng)
+                       for _ in range(s.grad_accum)]
             model.zero_grad()
-            total = 0.0
-            for _ in range(s.grad_accum):
-                x, y = run.data.get_batch("train", s.batch_size, block, batch_rng)
-                loss = model.loss(x, y)
-                total += loss.item()
-                (loss * (1.0 / s.grad_accum)).backward()
-            loss_value = total / s.grad_accum
+            loss_value = backward_batches(parallel, model.loss, batches, params, s.seed, step)
             if not math.isfinite(loss_value):
                 bar.close()
                 raise TrainingError(
@@ -396,7 +428,8 @@ def train(run: Run) -> dict:
         if interrupted:
             run.log(f"interrupted at step {run.step}: saving a checkpoint (Ctrl-C again to "
                     f"quit without saving)...")
-    final = evaluate_and_checkpoint(run, None)
+        final = evaluate_and_checkpoint(run, None)
+    run.parallel = None
     plot_metrics(run.directory)
     summary = {"step": run.step, "train_loss": final["train"], "val_loss": final["val"],
                "best_val_loss": run.best_val, "interrupted": interrupted,
@@ -408,7 +441,7 @@ def train(run: Run) -> dict:
     return summary
 
 
-class _GracefulInterrupt:
+class GracefulInterrupt:
     """Turn the first Ctrl-C into a request to stop after the current step.
 
     Stopping in the middle of an optimizer step would save half-updated weights; so the loop
@@ -438,12 +471,12 @@ class _GracefulInterrupt:
         return False
 
 
-GracefulInterrupt = _GracefulInterrupt      # the public name: gpt.finetune's loop uses it too
 
 
 def evaluate_and_checkpoint(run: Run, bar) -> dict[str, float]:
     s = run.settings
-    losses = estimate_loss(run.model, run.data, s.batch_size, s.eval_iters, s.seed)
+    losses = estimate_loss(run.model, run.data, s.batch_size, s.eval_iters, s.seed,
+                           run.parallel)
     improved = losses["val"] < run.best_val
     if improved:
         run.best_val = losses["val"]

@@ -46,11 +46,13 @@ def quiet(*_):
     pass
 
 
-def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
-    straight = prepare_run(settings(corpus, tmp_path, run_name="straight"), log=quiet)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, threads):
+    straight = prepare_run(settings(corpus, tmp_path, run_name="straight", threads=threads),
+                           log=quiet)
     train(straight)
-    first_half = prepare_run(settings(corpus, tmp_path, run_name="split", stop_after=5),
-                             log=quiet)
+    first_half = prepare_run(settings(corpus, tmp_path, run_name="split", stop_after=5,
+                                      threads=threads), log=quiet)
     summary = train(first_half)
     assert summary["step"] == 5
     resumed = prepare_run(settings(corpus, tmp_path), resume=first_half.directory, log=quiet)
