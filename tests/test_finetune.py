@@ -493,3 +493,41 @@ def test_train_py_dispatches_subcommands(workspace):
                           str(workspace / "nowhere")], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_base_checkpoint_needs_a_tokenizer_with_end_of_text(tmp_path):
+    from bpe import CharTokenizer
+    tokenizer = CharTokenizer.train("abc de")
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1,
+                          n_embd=4))
+    save_checkpoint(tmp_path / "no-eot", model, tokenizer)
+    save_checkpoint(tmp_path / "no-tokenizer", model)
+    for name, message in (("no-eot", "no <|endoftext|> token"), ("no-tokenizer", "no tokenizer")):
+        settings = FinetuneSettings(task="instruct", init=str(tmp_path / name),
+                                    out_dir=str(tmp_path / "runs"), progress=False)
+        with pytest.raises(TrainingError, match=message):
+            run_task(settings, log=lambda *_: None)
+
+
+def test_ctrl_c_stops_after_the_step_and_still_evaluates(tmp_path):
+    import signal
+    from gpt.finetune import fit
+    model = Linear(3, 2, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
+    y = np.arange(10) % 2
+    calls = []
+
+    def step_loss(indices):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)         # as if the user pressed Ctrl-C now
+        return F.cross_entropy(model(Tensor(x[indices])), y[indices]), {"tokens": len(indices)}
+
+    def evaluate(split, max_batches):
+        return {"loss": F.cross_entropy(model(Tensor(x)), y).item()}
+    settings = FinetuneSettings(task="classify", init="-", batch_size=2, max_iters=50,
+                                eval_interval=100, progress=False)
+    result = fit(model, settings, 10, step_loss, evaluate, tmp_path, log=lambda *_: None)
+    assert result.interrupted and result.steps == 2 == len(calls)
+    evals = eval_losses(tmp_path)
+    assert len(evals) == 2                              # at step 0 and after the stop
