@@ -557,6 +557,8 @@ def start_background(engine: ChatEngine, host: str = "127.0.0.1", port: int = 0,
     """Start a server in a daemon thread (tests, notebooks); stop with `server.shutdown()`
     then `server.server_close()`."""
     server = ChatServer(engine, host, port, **options)
-    thread = threading.Thread(target=server.serve_forever, name="chat-server", daemon=True)
+    # A short poll interval: shutdown() waits up to one interval for the loop to notice.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="chat-server", daemon=True)
     thread.start()
     return server, thread
