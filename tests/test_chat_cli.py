@@ -106,3 +106,13 @@ def test_serve_from_the_command_line(rigged):
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
         process.stderr.close()
+
+
+def test_a_gpt2_name_means_the_downloaded_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DU_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert chat_in_process(["--ckpt", "gpt2"], "hi\n") == (1, "")
+    assert "python -m gpt.download gpt2" in capsys.readouterr().err
+    # (a stand-in for the real download: any checkpoint in that directory)
+    tiny.checkpoint(tmp_path / "models" / "gpt2", rigged="a")
+    assert chat_in_process(["--ckpt", "gpt2", "--max-new-tokens", "2"], "hi\n") == (0, "aa\n")
