@@ -11,9 +11,11 @@ and log ref(y|x) the reference's:
     z    = beta * [ (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)) ]
     loss = -log sigmoid(z)                          averaged over the batch
 
-The loss falls as the policy moves probability toward chosen and away from rejected; `beta`
-(default 0.1) sets how far: a small beta needs larger moves for the same loss, so the policy
-stays near the reference, whose role is exactly to keep it from drifting into degenerate text.
+The loss falls as the policy moves probability toward chosen and away from rejected. `beta`
+(default 0.1) sets how far it goes: the loss saturates once beta * margin is a few units, so a
+large beta is satisfied by a small move and keeps the policy near the reference (DPO's beta is
+the weight of the KL penalty in the RLHF objective it is derived from), while a small beta lets
+it drift further. The reference is what keeps the policy from drifting into degenerate text.
 At the start policy = reference, so z = 0 and the loss is log 2 = 0.6931.
 
 Rewards, as the book reports them: the chosen reward is log pi(chosen) - log ref(chosen), the

@@ -459,19 +459,25 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                               "rejected"}[task] + ")")
     p.add_argument("--data-dir", default=None, help="download/cache directory")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=defaults.epochs)
+    opt.add_argument("--epochs", type=int, default=defaults.epochs,
+                     help="passes over the training records")
     opt.add_argument("--max-iters", type=int, default=None,
                      help="optimizer steps (overrides --epochs)")
-    opt.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    opt.add_argument("--lr", type=float, default=defaults.lr)
-    opt.add_argument("--schedule", choices=("constant", "cosine"), default=defaults.schedule)
+    opt.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                     help="records per step")
+    opt.add_argument("--lr", type=float, default=defaults.lr, help="(peak) learning rate")
+    opt.add_argument("--schedule", choices=("constant", "cosine"), default=defaults.schedule,
+                     help="learning rate after the warmup")
     opt.add_argument("--min-lr", type=float, default=defaults.min_lr,
                      help="end of the cosine schedule")
-    opt.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters)
-    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    opt.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters,
+                     help="steps of linear learning-rate warmup")
+    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                     help="AdamW's decoupled weight decay (matrices only)")
     opt.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
                      help="clip the global gradient norm (0: off)")
-    opt.add_argument("--dropout", type=float, default=defaults.dropout)
+    opt.add_argument("--dropout", type=float, default=defaults.dropout,
+                     help="dropout rate of the model while fine-tuning")
     opt.add_argument("--max-length", type=int, default=None,
                      help="tokens per example; longer ones are cut (default: the model's "
                           "context" + (", or the longest training message" if task == "classify"
@@ -499,16 +505,19 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                        help="answer only the first N test records (0: none; default all)")
     if task == "dpo":
         p.add_argument("--beta", type=float, default=defaults.beta,
-                       help="DPO's beta: how strongly the policy may move away from the "
+                       help="DPO's beta: the larger, the closer the policy stays to the "
                             "reference")
     run = p.add_argument_group("evaluation and output")
-    run.add_argument("--eval-interval", type=int, default=defaults.eval_interval)
+    run.add_argument("--eval-interval", type=int, default=defaults.eval_interval,
+                     help="evaluate on train and validation batches every N steps")
     run.add_argument("--eval-iters", type=int, default=defaults.eval_iters,
                      help="batches per split in the periodic evaluations")
-    run.add_argument("--out-dir", default=defaults.out_dir)
+    run.add_argument("--out-dir", default=defaults.out_dir, help="where run directories go")
     run.add_argument("--run-name", default=None, help="default: task and time")
-    run.add_argument("--seed", type=int, default=defaults.seed)
-    run.add_argument("--no-progress", dest="progress", action="store_false")
+    run.add_argument("--seed", type=int, default=defaults.seed,
+                     help="data split, batch order, new weights, dropout")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars")
     return p
 
 
