@@ -233,7 +233,7 @@ class Generation:
 
     When it is exhausted (or closed), `text`, `completion_tokens` and `finish_reason` tell how
     it went: "stop" (a stop token or stop string), "length" (max_new_tokens reached) or
-    "cancelled" (`should_stop` said so, e.g. the client went away).
+    "cancelled" (`should_stop` said so, e.g. the client went away, or it was closed early).
     """
 
     def __init__(self, engine: "ChatEngine", prompt_ids: Sequence[int], params: SamplingParams,
@@ -298,12 +298,14 @@ class Generation:
                                      self.stop_strings):
                 self.pieces.append(piece)
                 yield piece
+        except GeneratorExit:                  # our reader closed us before the end
+            self._cancelled = True
+            raise
         finally:
             if self._cancelled:
                 self.finish_reason = "cancelled"
             elif not self._exhausted:
-                # stream_text stopped reading: a stop string (or our consumer closed us).
-                self.finish_reason = "stop"
+                self.finish_reason = "stop"            # stream_text met a stop string
             elif self.completion_tokens >= self.params.max_new_tokens:
                 self.finish_reason = "length"
             else:

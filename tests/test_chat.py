@@ -208,3 +208,10 @@ def test_one_generation_at_a_time_and_a_bounded_queue(engine):
         assert order == []
     waiter.join(5)
     assert order == [1]
+
+
+def test_closing_a_reply_early_cancels_it(engine):
+    generation = engine.chat([user("hi")], GREEDY)
+    next(iter(generation))
+    generation.close()
+    assert generation.finish_reason == "cancelled" and generation.completion_tokens == 1
