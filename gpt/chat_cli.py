@@ -32,7 +32,7 @@ HELP = """commands:
   /settings       show the sampling settings
   /help           this list
   /quit           leave (also Ctrl-D)
-Ctrl-C stops a reply early."""
+Ctrl-C stops a reply early; the part already written stays in the conversation."""
 
 
 def find_checkpoint(ckpt: str | None, out_dir: str | os.PathLike = "runs") -> Path:
@@ -146,10 +146,15 @@ def run_terminal(session: ChatSession, stdin: TextIO, stdout: TextIO,
     while True:
         try:
             line = input("you> ") if interactive else stdin.readline()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:                        # Ctrl-D
             if interactive:
                 print(file=stdout)
             break
+        except KeyboardInterrupt:               # Ctrl-C at the prompt: a fresh line, as a shell
+            if not interactive:
+                break
+            print("\n(Ctrl-D or /quit to leave)", file=stdout)
+            continue
         if not interactive and not line:
             break                               # end of input
         text = line.rstrip("\n")
