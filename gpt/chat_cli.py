@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
+
+from autograd.parallel import limit_blas_threads
 
 from .chat import TEMPLATES, ChatEngine, ChatError, ChatSession
 from .checkpoint import CheckpointError
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=200,
                    help="per reply (with --serve: the default max_tokens of a chat request)")
     s.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    s.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads per matrix product (default: NumPy's, all cores); 1 is "
+                        "much faster while another job keeps a core busy")
     srv = p.add_argument_group("server")
     srv.add_argument("--serve", action="store_true",
                      help="run the HTTP server (OpenAI API + web page) instead of the chat")
@@ -115,18 +121,25 @@ def _main(argv: list[str] | None, stdin: TextIO | None, stdout: TextIO | None) -
     args = build_parser().parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     params = sampling_params(args)
-    if args.serve:
-        if not 0 <= args.port <= 65535:
-            raise ChatError(f"--port must be in 0..65535, got {args.port}")
+    if args.serve and not 0 <= args.port <= 65535:
+        raise ChatError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise ChatError(f"--threads must be at least 1, got {args.threads}")
     engine = ChatEngine.from_checkpoint(find_checkpoint(args.ckpt, args.out_dir), args.template,
                                         max_waiting=args.max_waiting)
-    if args.serve:
-        from .server import serve
-        serve(engine, args.host, args.port, default_max_tokens=args.max_new_tokens,
-              log=not args.quiet)
-        return 0
-    session = ChatSession(engine, params, system=args.system)
-    return run_terminal(session, stdin, stdout, interactive=stdin.isatty())
+    # OpenBLAS's thread count is one setting for the whole process, changed here for the run.
+    threads = limit_blas_threads(args.threads) if args.threads else nullcontext(True)
+    with threads as limited:
+        if not limited:
+            print(f"note: cannot tell this BLAS library how many threads to use; set "
+                  f"OPENBLAS_NUM_THREADS={args.threads} instead", file=sys.stderr)
+        if args.serve:
+            from .server import serve
+            serve(engine, args.host, args.port, default_max_tokens=args.max_new_tokens,
+                  log=not args.quiet)
+            return 0
+        session = ChatSession(engine, params, system=args.system)
+        return run_terminal(session, stdin, stdout, interactive=stdin.isatty())
 
 
 def run_terminal(session: ChatSession, stdin: TextIO, stdout: TextIO,

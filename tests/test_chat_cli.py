@@ -70,6 +70,7 @@ def test_without_ckpt_the_newest_run_is_used(tmp_path, monkeypatch):
     (["--ckpt", "no/such/dir"], "error: checkpoint no/such/dir does not exist"),
     ([], "error: no --ckpt given and no training run in runs/"),
     (["--temperature", "-1"], "error: temperature must be >= 0"),
+    (["--threads", "0"], "error: --threads must be at least 1"),
 ])
 def test_bad_command_lines_print_one_error_line(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -79,7 +80,8 @@ def test_bad_command_lines_print_one_error_line(tmp_path, monkeypatch, capsys, a
 
 def test_in_process_history_and_settings(rigged, capsys):
     out = io.StringIO()
-    status = main(["--ckpt", str(rigged), "--max-new-tokens", "4", "--template", "alpaca"],
+    status = main(["--ckpt", str(rigged), "--max-new-tokens", "4", "--template", "alpaca",
+                   "--threads", "1"],
                   stdin=io.StringIO("Name a colour.\n/temp 0\n/top_k 0\n/settings\n"),
                   stdout=out)
     assert status == 0 and out.getvalue() == "aaaa\n"
