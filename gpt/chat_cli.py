@@ -23,7 +23,7 @@ from typing import TextIO
 from autograd.parallel import limit_blas_threads
 
 from .chat import TEMPLATES, ChatEngine, ChatError, ChatSession
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, resolve_checkpoint
 from .generate import SamplingParams
 
 HELP = """commands:
@@ -41,7 +41,6 @@ Ctrl-C stops a reply early; the part already written stays in the conversation."
 def find_checkpoint(ckpt: str | None, out_dir: str | os.PathLike = "runs") -> Path:
     """What `--ckpt` means: a path; a GPT-2 model name ("gpt2", ...) downloaded with
     `python -m gpt.download`; or, when not given, the newest run under `out_dir`."""
-    from .download import MODELS, default_model_dir
     from .trainer import latest_run
 
     if ckpt is None:
@@ -50,13 +49,7 @@ def find_checkpoint(ckpt: str | None, out_dir: str | os.PathLike = "runs") -> Pa
             raise CheckpointError(f"no --ckpt given and no training run in {out_dir}/; train "
                                   f"one with `python train.py`, or pass --ckpt DIR")
         return run
-    path = Path(ckpt).expanduser()
-    if not path.exists() and ckpt in MODELS:
-        path = default_model_dir(ckpt)
-        if not path.is_dir():
-            raise CheckpointError(f"{ckpt} is not downloaded (looked in {path}); run "
-                                  f"`python -m gpt.download {ckpt}` first")
-    return path
+    return resolve_checkpoint(ckpt)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,14 +44,13 @@ import numpy as np
 
 from autograd import functional as F
 
+from .chat import format_alpaca
 from .datasets import DATASETS, DataError, fetch
 from .finetune import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
                        run_summary, save_model, split_by_fractions, start_run, write_results)
 from .generate import SamplingParams, generate
 from .model import GPT
 
-PREAMBLE = ("Below is an instruction that describes a task. "
-            "Write a response that appropriately completes the request.")
 RESPONSE_HEADER = "\n\n### Response:\n"
 # train, test, validation: the book's order and proportions
 SPLIT_FRACTIONS = (0.85, 0.10, 0.05)
@@ -66,17 +65,15 @@ STOP_STRINGS = ("\n\n###", "\n###", "###")
 # Records and prompts
 
 
-def format_input(entry: dict) -> str:
-    """The prompt of one record: preamble, instruction, and the input if there is one."""
-    text = f"{PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
-    if entry.get("input"):
-        text += f"\n\n### Input:\n{entry['input']}"
-    return text
-
-
 def format_prompt(entry: dict) -> str:
-    """What the model reads before it answers: the input and the response header."""
-    return format_input(entry) + RESPONSE_HEADER
+    """What the model reads before it answers: preamble, instruction, the input if there is
+    one, and the response header (the layout lives in `gpt.chat.format_alpaca`)."""
+    return format_alpaca(entry["instruction"], entry.get("input") or "")
+
+
+def format_input(entry: dict) -> str:
+    """The prompt of one record without the response header."""
+    return format_prompt(entry)[:-len(RESPONSE_HEADER)]
 
 
 def load_records(source: str | Path, data_dir: str | None = None,
