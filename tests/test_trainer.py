@@ -175,3 +175,12 @@ def test_mismatched_optimizer_state_is_a_clear_error(corpus, tmp_path):
     np.savez(run.directory / "latest" / "optimizer.npz", **arrays)
     with pytest.raises(TrainingError, match="does not fit the model"):
         prepare_run(settings(corpus, tmp_path), resume=run.directory, log=quiet)
+
+
+def test_loss_curve_png_when_matplotlib_is_installed(corpus, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (pip install "
+                                             "-e '.[plot]'); without it no PNG is written")
+    run = prepare_run(settings(corpus, tmp_path, run_name="plot", max_iters=4), log=quiet)
+    train(run)
+    png = run.directory / "loss.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
