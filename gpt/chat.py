@@ -455,7 +455,8 @@ class ChatEngine:
         """Continue `prompt_ids`; stop at <|endoftext|>, any of `stop_strings`, or
         `params.max_new_tokens`. Call inside `turn()` when threads share the engine."""
         self.check_prompt_length(prompt_ids)
-        params = replace(params, stop_tokens=tuple(params.stop_tokens) + self.stop_tokens())
+        params = replace(params, stop_tokens=tuple(params.stop_tokens) + self.stop_tokens(),
+                         vocab_size=self.tokenizer.vocab_size)
         return Generation(self, prompt_ids, params, stop_strings, should_stop)
 
     def chat(self, messages: Sequence[Mapping[str, str]], params: SamplingParams,

@@ -28,7 +28,9 @@ class SamplingParams:
     (nucleus): among the fewest tokens whose probabilities add up to at least p.
     repetition_penalty > 1 makes tokens already in the context less likely (CTRL's rule:
     a positive logit is divided by it, a negative one multiplied). stop_tokens end generation
-    (the stop token itself is not returned). seed makes sampling repeatable.
+    (the stop token itself is not returned). seed makes sampling repeatable. vocab_size:
+    sample only ids below it, for a model whose output layer is padded beyond its tokenizer's
+    vocabulary (ids the tokenizer cannot decode are never picked).
     """
     max_new_tokens: int = 100
     temperature: float = 1.0
@@ -37,6 +39,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop_tokens: Sequence[int] = field(default_factory=tuple)
     seed: int | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -54,6 +57,8 @@ class SamplingParams:
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
                 history: Sequence[int] = ()) -> int:
     """Pick the next token id from a (V,) row of logits."""
+    if params.vocab_size is not None:
+        logits = logits[:params.vocab_size]
     logits = logits.astype(np.float64)            # a private copy; float64 for the softmax sums
     if params.repetition_penalty != 1.0 and len(history):
         seen = np.unique(np.asarray(history))

@@ -215,7 +215,8 @@ def generate_response(model: GPT, tokenizer, entry: dict, max_new_tokens: int = 
     prompt = tokenizer.encode(format_prompt(entry), allowed_special="none")
     eot = tokenizer.eot_id
     ids = generate(model, prompt, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                 stop_tokens=(eot,) if eot is not None else ()))
+                                                 stop_tokens=(eot,) if eot is not None else (),
+                                                 vocab_size=tokenizer.vocab_size))
     return clean_response(tokenizer.decode(ids))
 
 

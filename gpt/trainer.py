@@ -222,7 +222,8 @@ def sample_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, seed: i
         [eot if eot is not None else 0]
     stops = (eot,) if eot is not None else ()
     new = generate(model, ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.8,
-                                              top_k=40, seed=seed, stop_tokens=stops))
+                                              top_k=40, seed=seed, stop_tokens=stops,
+                                              vocab_size=tokenizer.vocab_size))
     return prompt + tokenizer.decode(new)
 
 

@@ -118,3 +118,11 @@ def test_generate_tokens_polls_should_stop(model):
     out = list(generate_tokens(model, [1], SamplingParams(max_new_tokens=20),
                                should_stop=stop_after_three))
     assert len(out) == 3
+
+
+def test_vocab_size_keeps_sampling_inside_the_tokenizers_vocabulary():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 0.0, 9.0, 9.0])          # ids 2 and 3: padding beyond a 2-token vocab
+    params = SamplingParams(temperature=1.0, vocab_size=2)
+    assert {sample_next(logits, params, rng) for _ in range(50)} <= {0, 1}
+    assert sample_next(logits, SamplingParams(temperature=0, vocab_size=2), rng) in (0, 1)
