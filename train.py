@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", default=None, help="run directory name (default: the time)")
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--threads", type=int, default=defaults.threads,
-                     help="threads that share each batch (0: one per core); each runs its "
-                          "shard's matrix products on one core")
+                     help="cores to use: threads that share each batch, each running its "
+                          "shard's matrix products on one core (0: one per core; 1 when "
+                          "another job needs the other core)")
     run.add_argument("--stop-after", type=int, default=None,
                      help="stop after this step with a checkpoint (resume later with --resume)")
     run.add_argument("--resume", default=None, metavar="RUN_DIR",

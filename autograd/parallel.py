@@ -111,19 +111,20 @@ class DataParallel:
     def __enter__(self) -> "DataParallel":
         if self.threads > 1:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="autograd-shard")
-            # Each shard's matrix products run on one core; the shards share the cores.
-            self._blas = limit_blas_threads(1)
-            if not self._blas.__enter__():
-                warnings.warn("could not limit the BLAS library to one thread per shard: set "
-                              "OPENBLAS_NUM_THREADS=1 (or the equivalent) if training is slow",
-                              RuntimeWarning, stacklevel=2)
+        # Each shard's matrix products run on one core, so `threads` is the number of cores
+        # used: DataParallel(1) is one core in all (two jobs side by side each take one).
+        self._blas = limit_blas_threads(1)
+        if not self._blas.__enter__():
+            warnings.warn("could not limit the BLAS library to one thread per shard: set "
+                          "OPENBLAS_NUM_THREADS=1 (or the equivalent) if training is slow",
+                          RuntimeWarning, stacklevel=2)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-            self._blas.__exit__(None, None, None)
+        self._blas.__exit__(None, None, None)
 
     def backward(self, loss_fn: Callable[..., Tensor], shards: Sequence[tuple],
                  params: Sequence[Tensor], weights: Sequence[float],
