@@ -18,6 +18,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,7 +390,6 @@ def train(run: Run) -> dict:
             f"{len(run.data.val):,} val tokens; {tokens_per_step:,} tokens per step")
     model.train()
     started = time.perf_counter()
-    loss_value = float("nan")
     smoothed_speed = None
     bar = tqdm(total=last_step, initial=run.step, desc="training", unit="step",
                disable=not s.progress, dynamic_ncols=True)
@@ -459,19 +460,14 @@ class GracefulInterrupt:
         self.requested = True
 
     def __enter__(self):
-        import signal
-        import threading
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc):
-        import signal
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
 
 
 def evaluate_and_checkpoint(run: Run, bar) -> dict[str, float]:
