@@ -1,14 +1,15 @@
 """One random generator for the whole library, so that a single seed makes a run repeatable.
 
 Layers that need randomness (weight initialisation, dropout) draw from `default_rng()` unless
-they are given a generator of their own. Its state is saved in checkpoints (`get_state` /
-`set_state`) so that a resumed training run draws the same numbers as an uninterrupted one.
+they are given a generator of their own. The training loops reseed it for every step from
+(seed, step), so a resumed run draws the same numbers as an uninterrupted one without saving
+any generator state; `using_rng` gives one thread a generator of its own.
 """
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -16,8 +17,9 @@ _rng = np.random.default_rng(0)
 _local = threading.local()
 
 
-def manual_seed(seed: int) -> np.random.Generator:
-    """Reset the library's generator to a seed and return it."""
+def manual_seed(seed: int | Sequence[int]) -> np.random.Generator:
+    """Reset the library's generator to a seed (an int, or a sequence such as (seed, step))
+    and return it."""
     global _rng
     _rng = np.random.default_rng(seed)
     return _rng
@@ -41,12 +43,3 @@ def using_rng(rng: np.random.Generator) -> Iterator[np.random.Generator]:
         yield rng
     finally:
         _local.rng = previous
-
-
-def get_state() -> dict:
-    """The generator's state, a JSON-serialisable dict."""
-    return _rng.bit_generator.state
-
-
-def set_state(state: dict) -> None:
-    _rng.bit_generator.state = state

@@ -61,8 +61,8 @@ def main() -> None:
         corpora.append(("TinyStories sample", stories, (8192,)))
 
     print(f"training (pattern {args.pattern}, best of {args.repeat}):")
-    print(f"| corpus | MB | vocab | count (s) | total (s) |")
-    print(f"|---|---|---|---|---|")
+    print("| corpus | MB | vocab | count (s) | total (s) |")
+    print("|---|---|---|---|---|")
     pattern = resolve_pattern(args.pattern)
     for name, text, sizes in corpora:
         specials = ["<|endoftext|>"] if "<|endoftext|>" in text else []

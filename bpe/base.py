@@ -68,7 +68,6 @@ class BaseTokenizer:
             )
         self._n_regular = n_regular
         self._specials = specials
-        self._special_by_id = {i: s for s, i in specials.items()}
         self._splitters: dict[frozenset[str], regex.Pattern[str]] = {}
         self._fingerprint: str | None = None
 

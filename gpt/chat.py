@@ -52,7 +52,6 @@ from .model import GPT
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 TEMPLATE_KEY = "deep_understanding_chat_template"      # in a checkpoint's config.json
-TEMPLATE_NAMES = ("base", "alpaca")
 ROLES = ("system", "user", "assistant")
 
 

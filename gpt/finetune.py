@@ -50,8 +50,8 @@ from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
 from .checkpoint import load_pretrained, load_tokenizer_from, resolve_checkpoint, save_checkpoint
 from .lora import LoRALinear, apply_lora, merge_lora
 from .model import GPT
-from .trainer import (DROPOUT, SETTINGS_FILE, GracefulInterrupt, TrainingError, plot_metrics,
-                      step_rng)
+from .trainer import (DROPOUT, GracefulInterrupt, TrainingError, create_run_directory,
+                      plot_metrics, step_rng)
 
 TASKS = ("classify", "instruct", "dpo")
 METRICS_FILE = "metrics.jsonl"
@@ -233,15 +233,7 @@ def save_model(directory: Path, model: GPT, tokenizer, train_state: dict) -> Pat
 
 def new_run_directory(settings: FinetuneSettings) -> Path:
     """Create `out_dir/run_name` (default: task and time) and write settings.json into it."""
-    name = settings.run_name or f"{settings.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    directory = Path(settings.out_dir).expanduser() / name
-    if (directory / SETTINGS_FILE).exists():
-        raise TrainingError(f"run directory {directory} already holds a run; choose another "
-                            f"--run-name")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / SETTINGS_FILE).write_text(
-        json.dumps(dataclasses.asdict(settings), indent=2) + "\n", encoding="utf-8")
-    return directory
+    return create_run_directory(settings, f"{settings.task}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

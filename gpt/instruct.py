@@ -331,7 +331,7 @@ def run_instruct(settings: FinetuneSettings, log: Callable[[str], None] = print)
                 + (f"\n### Input: {item['input']}" if item["input"] else "")
                 + f"\n### Expected: {item['output']}\n### Model: {item['model_response']}")
     write_results(directory, results)
-    log(f"loss: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+    log("loss: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
         + f" (val at start {results['initial_val_loss']}); {result.steps} steps in "
           f"{result.seconds:.1f} s; checkpoint {checkpoint}")
     return results

@@ -33,8 +33,8 @@ from autograd import no_grad
 from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
 from autograd.parallel import DataParallel, default_threads, split_batch
 
-from .checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
-                         load_training_state, resolve_checkpoint, save_checkpoint)
+from .checkpoint import (load_pretrained, load_tokenizer_from, load_training_state,
+                         resolve_checkpoint, save_checkpoint)
 from .config import PRESETS, GPTConfig
 from .data import TokenData
 from .datasets import cache_dir, load_text_splits
@@ -264,13 +264,16 @@ class Run:
             f.write(json.dumps(row) + "\n")
 
 
-def _new_run_directory(settings: TrainSettings) -> Path:
-    name = settings.run_name or time.strftime("%Y%m%d-%H%M%S")
-    directory = Path(settings.out_dir).expanduser() / name
+def create_run_directory(settings, default_name: str, hint: str = "") -> Path:
+    """Create `settings.out_dir/(settings.run_name or default_name)` and write settings.json
+    into it; a directory that already holds a run is refused (`hint` says what else to do)."""
+    directory = Path(settings.out_dir).expanduser() / (settings.run_name or default_name)
     if (directory / SETTINGS_FILE).exists():
-        raise TrainingError(f"run directory {directory} already holds a run; pass --resume "
-                            f"{directory} to continue it, or choose another --run-name")
+        raise TrainingError(f"run directory {directory} already holds a run; {hint}choose "
+                            f"another --run-name")
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2)
+                                           + "\n", encoding="utf-8")
     return directory
 
 
@@ -347,9 +350,9 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
                                 f"the model: {error}") from None
 
     if resume is None:
-        directory = _new_run_directory(settings)
-        (directory / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings),
-                                                          indent=2) + "\n", encoding="utf-8")
+        directory = create_run_directory(
+            settings, time.strftime("%Y%m%d-%H%M%S"),
+            hint="pass --resume with it to continue that run, or ")
     run = Run(directory, settings, model, tokenizer, data, optimizer, step, best_val, log)
     run.history = _read_metrics(directory / METRICS_FILE, up_to_step=step)
     _rewrite_metrics(directory / METRICS_FILE, run.history)

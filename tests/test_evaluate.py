@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from bpe import Tokenizer
-from bpe.gpt2 import save_gpt2_files
 from gpt import GPT, GPTConfig
 from gpt.data import TokenData
 from gpt.datasets import split_text

@@ -21,7 +21,7 @@ from autograd.nn import skip_init
 from bpe import Tokenizer
 from bpe.gpt2 import gpt2_files_problem, save_gpt2_files
 from gpt import GPT, GPTConfig
-from gpt.checkpoint import (CheckpointError, config_from_hf, config_to_hf, load_pretrained,
+from gpt.checkpoint import (CheckpointError, config_from_hf, config_to_hf,
                             load_tokenizer_from, resolve_checkpoint, save_pretrained)
 from gpt.generate import generate
 from gpt.safetensors import load_file, read_header, save_file

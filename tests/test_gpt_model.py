@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from autograd import Tensor, no_grad
+from autograd import no_grad
 from autograd import functional as F
 from autograd.gradcheck import gradcheck
 from autograd.optim import AdamW

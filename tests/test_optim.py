@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from autograd import Tensor, manual_seed
+from autograd import manual_seed
 from autograd import functional as F
 from autograd import optim
-from autograd.nn import Embedding, LayerNorm, Linear, Module, Parameter, Sequential, Tanh
+from autograd.nn import Embedding, LayerNorm, Linear, Module, Parameter, Sequential
 from autograd.optim import (SGD, AdamW, clip_grad_norm, constant_lr, cosine_with_warmup,
                             decay_groups, join_arrays, lr_schedule, split_arrays)
 
