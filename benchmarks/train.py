@@ -3,6 +3,13 @@ memory, and where the time goes.
 
     python benchmarks/train.py                 # both configurations below
     python benchmarks/train.py --config small  # one of them
+    python benchmarks/train.py --pytorch /tmp/torchvenv/bin/python --rounds 3
+                                               # against PyTorch, measured side by side
+
+Without --pytorch the ratio is against the PyTorch figures the issue measured on this machine
+(its speed drifts by 20-30 % from hour to hour, so those are only a rough guide); with it, the
+same steps run in PyTorch (benchmarks/pytorch_train.py, in the Python given, which must have
+torch installed) right after ours, alternating for --rounds rounds, and the medians are compared.
 
 Configurations (vocabulary 65, as character-level Tiny Shakespeare):
     small: nanoGPT's shakespeare-char CPU config, n_layer 4, n_head 4, n_embd 128, block 64, batch 12
@@ -33,7 +40,7 @@ CONFIGS = {
                   batch=16, steps=5),
 }
 # PyTorch 2.13 eager, float32, same model and batch, on the same 2-core machine (the issue's
-# yardstick).
+# yardstick, measured when the issue was written).
 PYTORCH_TOKENS_PER_SEC = {"small": 15_800, "large": 2_000}
 
 GROUPS = {
@@ -106,17 +113,31 @@ def run_one(name: str, threads: int) -> dict:
             "shares": shares}
 
 
-def report(result: dict) -> None:
+def report(result: dict, torch_result: dict | None = None) -> None:
     name = result["config"]
-    torch = PYTORCH_TOKENS_PER_SEC[name]
+    if torch_result is None:
+        torch, where = PYTORCH_TOKENS_PER_SEC[name], "the issue's figure"
+    else:
+        torch = torch_result["tokens_per_sec"]
+        where = (f"PyTorch {torch_result['version']}, {torch_result['ms_per_iter']:.1f} ms/iter, "
+                 f"measured alongside")
     print(f"{name}: {result['params']:,} parameters, batch {result['batch']} x block "
           f"{result['block']}, {result['threads']} thread(s)")
     print(f"  {result['ms_per_iter']:.1f} ms/iter (best {result['best_ms']:.1f}), "
-          f"{result['tokens_per_sec']:,.0f} tokens/s "
-          f"({result['tokens_per_sec'] / torch:.2f}x PyTorch's {torch:,}), "
-          f"peak RSS {result['peak_rss_mb']:.0f} MB")
+          f"{result['tokens_per_sec']:,.0f} tokens/s: {result['tokens_per_sec'] / torch:.2f}x "
+          f"PyTorch's {torch:,.0f} ({where}); peak RSS {result['peak_rss_mb']:.0f} MB")
     for group, share in sorted(result["shares"].items(), key=lambda kv: -kv[1]):
         print(f"    {group:<36} {100 * share:5.1f}%")
+
+
+def _child(command: list[str]) -> dict:
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median ms/iter (its other figures come with it)."""
+    return sorted(runs, key=lambda r: r["ms_per_iter"])[len(runs) // 2]
 
 
 def main() -> None:
@@ -124,16 +145,25 @@ def main() -> None:
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
     parser.add_argument("--threads", type=int, default=0,
                         help="data-parallel threads, as train.py --threads (0: one per core)")
+    parser.add_argument("--pytorch", metavar="PYTHON",
+                        help="a Python with torch installed: measure PyTorch alongside")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each configuration this many times (alternating with "
+                             "PyTorch) and report the median round")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(args.child, args.threads)))
         return
+    yardstick = str(Path(__file__).with_name("pytorch_train.py"))
     for name in args.config or list(CONFIGS):
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--threads",
-                              str(args.threads)], check=True, capture_output=True,
-                             text=True).stdout
-        report(json.loads(out.strip().splitlines()[-1]))
+        ours, theirs = [], []
+        for _ in range(max(1, args.rounds)):
+            ours.append(_child([sys.executable, __file__, "--child", name,
+                                "--threads", str(args.threads)]))
+            if args.pytorch:
+                theirs.append(_child([args.pytorch, yardstick, json.dumps(CONFIGS[name])]))
+        report(_median_run(ours), _median_run(theirs) if theirs else None)
 
 
 if __name__ == "__main__":
