@@ -231,6 +231,22 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets, ignore_index: int =
 # ----------------------------------------------------------------------------------------------
 
 
+def _filled(n: int, value: float, dtype) -> np.ndarray:
+    """A read-only (n,) vector of `value`, cached: the right-hand side of a matrix-vector
+    product that sums (or averages) rows or columns. BLAS does such a product several times
+    faster than NumPy's `sum(axis=...)`, whose reduction loop is not vectorised across rows."""
+    key = (n, float(value), np.dtype(dtype))
+    vector = _filled_cache.get(key)
+    if vector is None:
+        vector = np.full(n, value, dtype=dtype)
+        vector.setflags(write=False)
+        _filled_cache[key] = vector
+    return vector
+
+
+_filled_cache: dict[tuple, np.ndarray] = {}
+
+
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                eps: float = 1e-5) -> Tensor:
     """y = xhat * w + b over the last axis, xhat = (x - mean) / sqrt(var + eps).
@@ -239,6 +255,9 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
         dL/dx = r * (h - mean(h) - xhat * mean(h * xhat))
     The two means account for x moving the row's mean and its variance.
         dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g.
+    Every mean and sum here is a matrix-vector product, e.g. mean(h) = (g @ w) / C and
+    mean(h * xhat) = ((g * xhat) @ w) / C, so the backward makes one (N, C) product, g * xhat,
+    serving both dL/dw and the second mean.
     """
     xd = x.data
     n_channels = xd.shape[-1]
@@ -246,28 +265,39 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
         if p is not None and p.shape != (n_channels,):
             raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({n_channels},) "
                              f"for input of shape {xd.shape}")
-    mean = xd.mean(axis=-1, keepdims=True)
-    centred = xd - mean
-    var = np.mean(centred * centred, axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + eps)                            # (..., 1)
-    xhat = centred * rstd
+    dtype = xd.dtype
+    x2 = xd.reshape(-1, n_channels)                            # (N, C)
+    average = _filled(n_channels, 1.0 / n_channels, dtype)
+    xhat = x2 - (x2 @ average)[:, None]                        # centred
+    var = np.einsum("nc,nc->n", xhat, xhat)                    # row sums of squares, no temp
+    var *= 1.0 / n_channels
+    var += eps
+    rstd = (1.0 / np.sqrt(var))[:, None]                       # (N, 1)
+    xhat *= rstd
     y = xhat * weight.data if weight is not None else xhat.copy()
     if bias is not None:
         y += bias.data
 
     def backward(g):
-        h = g * weight.data if weight is not None else g
+        g2 = g.reshape(-1, n_channels)                         # (N, C)
+        w = weight.data if weight is not None else _filled(n_channels, 1.0, dtype)
+        column_sum = _filled(g2.shape[0], 1.0, dtype)
+        g_xhat = g2 * xhat                                     # (N, C)
+        gw = column_sum @ g_xhat if _needs(weight) else None
+        gb = column_sum @ g2 if _needs(bias) else None
         gx = None
         if x.requires_grad:
-            gx = h - h.mean(axis=-1, keepdims=True)
-            gx -= xhat * np.mean(h * xhat, axis=-1, keepdims=True)
+            mean_h = (g2 @ w)[:, None]                         # (N, 1), times C
+            mean_h_xhat = (g_xhat @ w)[:, None]                # (N, 1), times C
+            gx = g2 * w if weight is not None else g2.copy()   # h
+            gx -= mean_h * (1.0 / n_channels)
+            np.multiply(xhat, mean_h_xhat * (1.0 / n_channels), out=g_xhat)
+            gx -= g_xhat
             gx *= rstd
-        g2 = g.reshape(-1, n_channels)
-        gw = np.einsum("nc,nc->c", g2, xhat.reshape(-1, n_channels)) if _needs(weight) else None
-        gb = g2.sum(axis=0) if _needs(bias) else None
+            gx = gx.reshape(xd.shape)
         return gx, gw, gb
 
-    return _record(y, (x, weight, bias), backward, "layer_norm")
+    return _record(y.reshape(xd.shape), (x, weight, bias), backward, "layer_norm")
 
 
 # ----------------------------------------------------------------------------------------------
