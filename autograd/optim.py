@@ -20,12 +20,16 @@ built model of the same shape.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
 from .nn import Embedding, Module
 from .tensor import Tensor
+
+if TYPE_CHECKING:
+    from .parallel import DataParallel
 
 __all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm", "decay_groups", "constant_lr",
            "cosine_with_warmup", "lr_schedule", "split_arrays", "join_arrays"]
@@ -86,7 +90,7 @@ class Optimizer:
             self.param_groups.append(full)
         # state[i]: the state of the i-th parameter counting through all groups in order.
         self.state: dict[int, dict[str, Any]] = {}
-        self._scratch: dict[np.dtype, np.ndarray] = {}
+        self._scratch: dict[tuple[int, np.dtype], np.ndarray] = {}
 
     # -- hyperparameters --------------------------------------------------------------------
 
@@ -118,8 +122,13 @@ class Optimizer:
                 yield index, group, p
                 index += 1
 
-    def step(self) -> None:
-        """Update every parameter that requires a gradient and has one, in place."""
+    def step(self, parallel: DataParallel | None = None) -> None:
+        """Update every parameter that requires a gradient and has one, in place.
+
+        With `parallel` (an autograd.parallel.DataParallel), its threads share the parameters
+        out among themselves. Each parameter's update is its own, so the result is the same.
+        """
+        work = []
         for index, group, p in self._indexed_params():
             if not p.requires_grad or p.grad is None:
                 continue
@@ -129,7 +138,15 @@ class Optimizer:
             state = self.state.get(index)
             if state is None:
                 state = self.state[index] = self._init_state(p.data, group)
-            self._update(p.data, p.grad, state, group)
+            work.append((p, state, group))
+
+        def update(part: list) -> None:
+            for p, state, group in part:
+                self._update(p.data, p.grad, state, group)
+        if parallel is None:
+            update(work)
+        else:
+            parallel.map_parts(update, work, [p.size for p, _, _ in work])
 
     def _init_state(self, p: np.ndarray, group: dict[str, Any]) -> dict[str, Any]:
         """The state of a parameter before its first step: a step count and arrays."""
@@ -140,10 +157,12 @@ class Optimizer:
         raise NotImplementedError
 
     def _scratch_for(self, dtype: np.dtype, rows: int, width: int) -> np.ndarray:
-        """A reusable buffer of `dtype`, at least (rows, width), for intermediate results."""
-        buffer = self._scratch.get(dtype)
+        """A reusable buffer of `dtype`, at least (rows, width), for intermediate results;
+        one per thread, as `step(parallel)` updates parameters in several threads at once."""
+        key = (threading.get_ident(), np.dtype(dtype))
+        buffer = self._scratch.get(key)
         if buffer is None or buffer.shape[0] < rows or buffer.shape[1] < width:
-            buffer = self._scratch[dtype] = np.empty((rows, width), dtype=dtype)
+            buffer = self._scratch[key] = np.empty((rows, width), dtype=dtype)
         return buffer
 
     def _slices(self, p: np.ndarray, g: np.ndarray, *state: np.ndarray):

@@ -149,15 +149,12 @@ class DataParallel:
             results = [run(i) for i in range(len(shards))]
         else:
             results = list(self._pool.map(run, range(len(shards))))
-        for p in params:
-            for _, sink in results:
-                g = sink.get(id(p))
-                if g is None:
-                    continue
-                if p.grad is None:
-                    p.grad = np.array(g, dtype=p.dtype, copy=True)
-                else:
-                    p.grad += g
+        sinks = [sink for _, sink in results]
+
+        def add_up(part: list[Tensor]) -> None:
+            for p in part:
+                _add_shard_grads(p, [sink[id(p)] for sink in sinks if id(p) in sink])
+        self.map_parts(add_up, list(params), [p.size for p in params])
         return [loss for loss, _ in results]
 
     def map(self, fn: Callable, items: Sequence) -> list:
@@ -166,6 +163,34 @@ class DataParallel:
         if self._pool is None or len(items) <= 1:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
+
+    def map_parts(self, fn: Callable[[list], None], items: Sequence, sizes: Sequence[int]) -> None:
+        """Split `items` into one part per thread, of about equal total size, and run fn(part)
+        in each thread. For work that is independent item by item (adding up or updating
+        each parameter), so it does not matter which thread does which item."""
+        if self._pool is None or len(items) <= 1:
+            fn(list(items))
+            return
+        parts: list[list] = [[] for _ in range(self.threads)]
+        loads = [0] * self.threads
+        for i in sorted(range(len(items)), key=lambda i: -sizes[i]):   # largest first
+            lightest = loads.index(min(loads))
+            parts[lightest].append(items[i])
+            loads[lightest] += sizes[i]
+        list(self._pool.map(fn, [part for part in parts if part]))
+
+
+def _add_shard_grads(p: Tensor, grads: list[np.ndarray]) -> None:
+    """Add the shards' gradients of `p` (in shard order) into p.grad."""
+    if not grads:
+        return
+    if p.grad is None:
+        # a fresh array: a shard's gradient may be a view of an array that lives on elsewhere
+        p.grad = (np.add(grads[0], grads[1], dtype=p.dtype) if len(grads) > 1 else
+                  np.array(grads[0], dtype=p.dtype, copy=True))
+        grads = grads[2:]
+    for g in grads:
+        p.grad += g
 
 
 def split_batch(n: int, parts: int) -> list[slice]:

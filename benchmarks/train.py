@@ -75,7 +75,7 @@ def run_one(name: str, threads: int) -> dict:
         model.zero_grad()
         backward_batches(parallel, model.loss, [(x, y)], params, seed=0, step=0)
         clip_grad_norm(params, 1.0)
-        optimizer.step()
+        optimizer.step(parallel)
 
     with DataParallel(threads) as parallel:
         for _ in range(3):                   # warm-up: allocations, thread pools

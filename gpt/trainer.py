@@ -415,7 +415,7 @@ def train(run: Run) -> dict:
                     f"checkpoint is in {run.directory / 'latest'}. Try a lower --lr or "
                     f"--grad-clip.")
             grad_norm = clip_grad_norm(params, s.grad_clip) if s.grad_clip > 0 else float("nan")
-            optimizer.step()
+            optimizer.step(parallel)
             run.step = step + 1
             dt = time.perf_counter() - t0
             speed = tokens_per_step / dt

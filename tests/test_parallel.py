@@ -57,6 +57,35 @@ def test_map_runs_forward_passes_in_threads():
     assert got == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_optimizer_step_in_threads_equals_serial_step(threads):
+    """AdamW's update shared out over threads, by parameter: bit for bit the serial update."""
+    from autograd.optim import AdamW, decay_groups
+    x, y = batch(3)
+    models, optimizers = [], []
+    for _ in range(2):
+        model = GPT(CONFIG, rng=np.random.default_rng(0))
+        models.append(model)
+        optimizers.append(AdamW(decay_groups(model, 0.1), lr=1e-2))
+    with DataParallel(threads) as parallel:
+        for _ in range(3):
+            for model, optimizer in zip(models, optimizers):
+                model.zero_grad()
+                model.loss(x, y).backward()
+            optimizers[0].step()
+            optimizers[1].step(parallel)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_map_parts_balances_by_size():
+    seen = []
+    with DataParallel(2) as parallel:
+        parallel.map_parts(lambda part: seen.append(sorted(part)), [5, 1, 4, 2, 3, 1],
+                           [50, 10, 40, 20, 30, 10])
+    assert sorted(seen) == [[1, 2, 5], [1, 3, 4]]          # 80 and 80
+
+
 def test_split_batch():
     assert split_batch(5, 2) == [slice(0, 2), slice(2, 5)] or \
         split_batch(5, 2) == [slice(0, 3), slice(3, 5)]
