@@ -47,6 +47,24 @@ def _record(out: np.ndarray, inputs: tuple, backward, op: str) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _filled(n: int, value: float, dtype) -> np.ndarray:
+    """A read-only (n,) vector of `value`, cached: the right-hand side of a matrix-vector
+    product that sums (or averages) rows or columns. BLAS does such a product several times
+    faster than NumPy's `sum(axis=...)`, whose reduction loop is not vectorised across rows."""
+    key = (n, float(value), np.dtype(dtype))
+    vector = _filled_cache.get(key)
+    if vector is None:
+        if len(_filled_cache) > 256:          # row counts vary (generation): stay bounded
+            _filled_cache.clear()
+        vector = np.full(n, value, dtype=dtype)
+        vector.setflags(write=False)
+        _filled_cache[key] = vector
+    return vector
+
+
+_filled_cache: dict[tuple, np.ndarray] = {}
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W + b, with x of shape (..., in), W of shape (in, out), b of shape (out,).
 
@@ -73,7 +91,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         g2 = g.reshape(-1, n_out)                     # (N, out)
         gx = (g2 @ w.T).reshape(x_shape) if x.requires_grad else None
         gw = x2.T @ g2 if weight.requires_grad else None
-        gb = g2.sum(axis=0) if _needs(bias) else None
+        gb = _filled(len(g2), 1.0, g2.dtype) @ g2 if _needs(bias) else None   # column sums
         return gx, gw, gb
 
     return _record(y2.reshape(*x_shape[:-1], n_out), (x, weight, bias), backward, "linear")
@@ -229,22 +247,6 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets, ignore_index: int =
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def _filled(n: int, value: float, dtype) -> np.ndarray:
-    """A read-only (n,) vector of `value`, cached: the right-hand side of a matrix-vector
-    product that sums (or averages) rows or columns. BLAS does such a product several times
-    faster than NumPy's `sum(axis=...)`, whose reduction loop is not vectorised across rows."""
-    key = (n, float(value), np.dtype(dtype))
-    vector = _filled_cache.get(key)
-    if vector is None:
-        vector = np.full(n, value, dtype=dtype)
-        vector.setflags(write=False)
-        _filled_cache[key] = vector
-    return vector
-
-
-_filled_cache: dict[tuple, np.ndarray] = {}
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
