@@ -308,6 +308,22 @@ _GELU_C = math.sqrt(2.0 / math.pi)   # a Python float: it never promotes float32
 _GELU_K = 0.044715
 
 
+ELEMENTWISE_CHUNK = 65536    # elements per slice of a long elementwise chain: fits in L2
+
+
+def _chunks(*arrays: np.ndarray):
+    """Matching 1-D slices of ELEMENTWISE_CHUNK elements of same-sized arrays (the first ones
+    are read, so may be copied if not contiguous; the arrays written must be contiguous).
+
+    A chain of NumPy calls over an array of millions of elements walks main memory once per
+    call; done slice by slice, the slice's intermediates stay in the core's cache. It only
+    pays for long chains on big arrays: GELU on a (2048, 1536) activation, 20 % faster."""
+    flat = [a.reshape(-1) for a in arrays]
+    n = flat[0].size
+    for start in range(0, n, ELEMENTWISE_CHUNK):
+        yield tuple(f[start:start + ELEMENTWISE_CHUNK] for f in flat)
+
+
 def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU, the tanh approximation:
         y = 0.5 x (1 + tanh(u)),   u = c (x + k x^3),   c = sqrt(2/pi), k = 0.044715
@@ -316,27 +332,32 @@ def gelu(x: Tensor) -> Tensor:
     instead of a tanh, which is the slow part on a CPU. With 1 - tanh^2(u) = 4 s (1 - s):
         dy/dx = s + x * 2 s (1 - s) * du/dx,   du/dx = c (1 + 3 k x^2)
     """
-    a = x.data
-    s = a * a
-    s *= -2.0 * _GELU_C * _GELU_K
-    s -= 2.0 * _GELU_C
-    s *= a                                       # -2u = -2 c (x + k x^3)
+    a = np.ascontiguousarray(x.data)
+    sig = np.empty_like(a)
+    y = np.empty_like(a)
     with np.errstate(over="ignore"):             # exp(-2u) = inf for very negative x: s = 0
-        np.exp(s, out=s)
-    s += 1.0
-    np.reciprocal(s, out=s)                      # s = sigmoid(2u)
-    y = a * s
+        for ac, s, yc in _chunks(a, sig, y):
+            np.multiply(ac, ac, out=s)
+            s *= -2.0 * _GELU_C * _GELU_K
+            s -= 2.0 * _GELU_C
+            s *= ac                              # -2u = -2 c (x + k x^3)
+            np.exp(s, out=s)
+            s += 1.0
+            np.reciprocal(s, out=s)              # s = sigmoid(2u)
+            np.multiply(ac, s, out=yc)
 
     def backward(g):
-        slope = a * a
-        slope *= 3.0 * _GELU_C * _GELU_K
-        slope += _GELU_C                         # du/dx
-        slope *= a
-        slope *= 2.0 * s
-        slope *= 1.0 - s
-        slope += s
-        slope *= g
-        return (slope,)
+        grad = np.empty_like(a)
+        for gc, ac, s, slope in _chunks(g, a, sig, grad):
+            np.multiply(ac, ac, out=slope)
+            slope *= 6.0 * _GELU_C * _GELU_K
+            slope += 2.0 * _GELU_C
+            slope *= ac                          # 2 x du/dx
+            slope *= s
+            slope -= slope * s                   # * s (1 - s)
+            slope += s
+            slope *= gc
+        return (grad,)
     return Tensor._make(y, (x,), backward, "gelu")
 
 
