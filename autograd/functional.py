@@ -317,7 +317,8 @@ def _chunks(*arrays: np.ndarray):
 
     A chain of NumPy calls over an array of millions of elements walks main memory once per
     call; done slice by slice, the slice's intermediates stay in the core's cache. It only
-    pays for long chains on big arrays: GELU on a (2048, 1536) activation, 20 % faster."""
+    pays for long chains on big arrays: GELU on a (2048, 1536) activation is 38 % faster
+    (forward and backward), on a (384, 512) one the same."""
     flat = [a.reshape(-1) for a in arrays]
     n = flat[0].size
     for start in range(0, n, ELEMENTWISE_CHUNK):

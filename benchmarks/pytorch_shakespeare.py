@@ -7,7 +7,8 @@ Shakespeare quality figure in the README.
 The model and training step are those of benchmarks/pytorch_train.py (GPT-2 architecture,
 tanh GELU); the recipe is nanoGPT's: character vocabulary, n_layer 4, n_head 4, n_embd 128,
 context 64, batch 12, AdamW (betas 0.9/0.99, weight decay 0.1 on matrices), lr 1e-3 with 100
-warmup steps and a cosine to 1e-4 at step 2,000, gradient clipping at 1.0, no dropout. The text
+warmup steps and a cosine to 1e-4 at step 2,000, gradient clipping at 1.0, no dropout
+(`--beta1`, `--beta2` and `--weight-decay` change the optimizer's settings). The text
 is split as ours is (90 %, the cut moved to the nearest line start), and the loss reported is
 over the *whole* validation split in non-overlapping windows of 64 (what
 `python -m gpt.evaluate --average tokens` reports), next to nanoGPT's own estimate (20 random
@@ -20,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pytorch_train import GPT
 
@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--no-bias", action="store_true", help="nanoGPT's default: no biases")
     parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--beta1", type=float, default=0.9)
+    parser.add_argument("--beta2", type=float, default=0.99)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
     args = parser.parse_args()
 
     text = open(args.data, encoding="utf-8").read()
@@ -66,9 +69,9 @@ def main() -> None:
             torch.nn.init.normal_(p, 0.0, std)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, betas=(0.9, 0.99))
+                                  lr=lr, betas=(args.beta1, args.beta2))
 
     def get_batch(data, generator=None):
         ix = torch.randint(len(data) - block, (batch,), generator=generator)
@@ -102,7 +105,9 @@ def main() -> None:
         ys = val[1:n * block + 1].view(n, block)
         total = sum(model.loss(xs[i:i + 64], ys[i:i + 64]).item() * len(xs[i:i + 64])
                     for i in range(0, n, 64))
-    print(json.dumps({"seed": args.seed, "bias": not args.no_bias, "train_seconds": seconds,
+    print(json.dumps({"seed": args.seed, "bias": not args.no_bias,
+                      "betas": [args.beta1, args.beta2], "weight_decay": args.weight_decay,
+                      "train_seconds": seconds,
                       "val_loss_full": total / n, "val_loss_20_batches": estimate,
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
