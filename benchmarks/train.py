@@ -7,7 +7,7 @@ memory, and where the time goes.
                                                # against PyTorch, measured side by side
 
 Without --pytorch the ratio is against the PyTorch figures the issue measured on this machine
-(its speed drifts by 20-30 % from hour to hour, so those are only a rough guide); with it, the
+(its speed drifts by 20-40 % from hour to hour, so those are only a rough guide); with it, the
 same steps run in PyTorch (benchmarks/pytorch_train.py, in the Python given, which must have
 torch installed) right after ours, alternating for --rounds rounds, and the medians are compared.
 
@@ -131,8 +131,14 @@ def report(result: dict, torch_result: dict | None = None) -> None:
 
 
 def _child(command: list[str]) -> dict:
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:                 # e.g. --pytorch names no program
+        raise SystemExit(f"cannot run {command[0]}: {error}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"{' '.join(command[:2])} failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _median_run(runs: list[dict]) -> dict:
