@@ -17,22 +17,21 @@ batches of 12). PyTorch is not a dependency of this project; see benchmarks/pyto
 import argparse
 import json
 import math
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pytorch_train import GPT
 
-
-def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
-    """As gpt.datasets.split_text: cut at 90 %, moved to the nearest line start."""
-    target = int(len(text) * (1.0 - val_fraction))
-    before = text.rfind("\n", 0, target) + 1
-    after = text.find("\n", target) + 1
-    candidates = [cut for cut in (before, after) if 0 < cut < len(text)]
-    cut = min(candidates, key=lambda c: abs(c - target)) if candidates else target
-    return text[:cut], text[cut:]
+# Our split rule, so both sides see the same validation text. (This environment needs numpy
+# and regex, which the project needs anyway; PyTorch keeps its own malloc settings.)
+os.environ.setdefault("DU_KEEP_MALLOC", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gpt.datasets import split_text  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     text = open(args.data, encoding="utf-8").read()
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
-    train_text, val_text = split_text(text)
+    train_text, val_text = split_text(text)             # 90 %, cut at the nearest line start
     train = torch.tensor([index[c] for c in train_text], dtype=torch.long)
     val = torch.tensor([index[c] for c in val_text], dtype=torch.long)
     block, batch, lr, min_lr, warmup = 64, 12, 1e-3, 1e-4, 100
