@@ -24,11 +24,12 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import functional as F
+from .ops.rms_norm import rms_norm
 from .random import default_rng
 from .tensor import Tensor
 
-__all__ = ["Parameter", "Module", "Linear", "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU",
-           "Tanh", "Sequential", "ModuleList", "StateDictError", "skip_init", "init_skipped"]
+__all__ = ["Parameter", "Module", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU",
+           "ReLU", "Tanh", "Sequential", "ModuleList", "StateDictError", "skip_init", "init_skipped"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,6 +471,27 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(Module):
+    """Scale the last axis to unit root-mean-square, then by `weight` (Llama, Qwen3).
+
+    weight starts at ones, so the layer begins as a pure normalisation. `weight=False` drops
+    the gain: a parameter-free norm (as nanochat's blocks use it).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, weight: bool = True, dtype=np.float32):
+        super().__init__()
+        _check_sizes("RMSNorm", dim=dim)
+        self.dim = dim
+        self.eps = eps
+        self.weight = Parameter(_initial(dim, dtype, lambda: np.ones(dim))) if weight else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, weight={self.weight is not None}"
 
 
 class Dropout(Module):
