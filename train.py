@@ -8,7 +8,7 @@
     python train.py instruct --init runs/X            #            instruction following
     python train.py dpo --init runs/Y                 #            preference tuning
 
-All the logic lives in the gpt package (gpt.trainer); this file only reads the command line.
+All the logic lives in the gpt package (gpt.train.pretrain); this file only reads the command line.
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import argparse
 import dataclasses
 import sys
 
-from gpt.cli_common import fail_cleanly
-from gpt.trainer import TrainSettings, prepare_run, train
+from gpt.cli import fail_cleanly
+from gpt.finetune.cli import main as finetune_main
+from gpt.finetune.common import TASKS as FINETUNE_TASKS
+from gpt.train.pretrain import TrainSettings, prepare_run, train
 
-# `python train.py <task> ...` runs a fine-tuning task instead (gpt.finetune).
-FINETUNE_TASKS = ("classify", "instruct", "dpo")
+# `python train.py <task> ...` runs a fine-tuning task instead (gpt.finetune.cli).
 # Defaults of the main job, chosen for a 2-core laptop CPU (see the README's figures).
 MAIN_JOB = dict(data="tinystories", tokenizer="bpe", vocab_size=4096)
 
@@ -48,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from a GPTConfig preset (e.g. shakespeare-char, gpt2); the "
                             "size options below override it")
     model.add_argument("--n-layer", type=int, default=None,
-                       help="default: the preset's, else gpt.trainer.DEFAULT_MODEL's")
+                       help="default: the preset's, else gpt.train.pretrain.DEFAULT_MODEL's")
     model.add_argument("--n-head", type=int, default=None,
-                       help="default: the preset's, else gpt.trainer.DEFAULT_MODEL's")
+                       help="default: the preset's, else gpt.train.pretrain.DEFAULT_MODEL's")
     model.add_argument("--n-embd", type=int, default=None,
-                       help="default: the preset's, else gpt.trainer.DEFAULT_MODEL's")
+                       help="default: the preset's, else gpt.train.pretrain.DEFAULT_MODEL's")
     model.add_argument("--block-size", type=int, default=None,
                        help="context length in tokens (default: the preset's, else "
-                            "gpt.trainer.DEFAULT_MODEL's)")
+                            "gpt.train.pretrain.DEFAULT_MODEL's)")
     model.add_argument("--dropout", type=float, default=defaults.dropout)
     model.add_argument("--no-bias", dest="bias", action="store_false",
                        help="no biases in Linear and LayerNorm layers")
@@ -103,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in FINETUNE_TASKS:
-        from gpt.finetune import main as finetune_main
         return finetune_main(argv)
     args = vars(build_parser().parse_args(argv))
     resume = args.pop("resume")

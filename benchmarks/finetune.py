@@ -24,7 +24,7 @@ import numpy as np
 from autograd import functional as F
 from autograd.optim import AdamW, clip_grad_norm, decay_groups
 from gpt import GPT, GPTConfig
-from gpt.lora import apply_lora
+from gpt.finetune.lora import apply_lora
 
 CONFIGS = {
     "small": dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128),
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     if args.ckpt:
-        from gpt.checkpoint import read_config, resolve_checkpoint
+        from gpt.io.checkpoint import read_config, resolve_checkpoint
         configs = {args.ckpt: read_config(resolve_checkpoint(args.ckpt))}
     else:
         configs = {name: GPTConfig(**CONFIGS[name]) for name in args.config}

@@ -50,8 +50,8 @@ def child(method: str, directory: str) -> None:
 
     from autograd import no_grad
     from gpt import GPT
-    from gpt.checkpoint import load_pretrained, read_config, weights_from_hf
-    from gpt.safetensors import load_file
+    from gpt.io.checkpoint import load_pretrained, read_config, weights_from_hf
+    from gpt.io.safetensors import load_file
 
     row = {"method": method, "after_imports_mb": status_kb("VmRSS") / 1024}
     start = time.perf_counter()
@@ -79,15 +79,15 @@ def write_random_checkpoint(preset: str, directory: Path) -> None:
     import numpy as np
 
     from autograd.nn import skip_init
-    from gpt import GPT, GPTConfig
-    from gpt.safetensors import load_file, save_file
+    from gpt import GPT, GPTConfig, save_pretrained
+    from gpt.io.safetensors import load_file, save_file
 
     rng = np.random.default_rng(0)
     with skip_init():                     # shapes only; filled below, tensor by tensor
         model = GPT(GPTConfig.preset(preset))
     for p in model.parameters():
         p.data[...] = rng.standard_normal(p.shape, dtype=np.float32) * 0.02
-    model.save_pretrained(directory / "f32")
+    save_pretrained(model, directory / "f32")
     del model
     half = directory / "f16"
     half.mkdir(parents=True, exist_ok=True)

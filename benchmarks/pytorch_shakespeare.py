@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from pytorch_train import GPT
 
 # Our split rule, so both sides see the same validation text. (This environment needs numpy
 # and regex, which the project needs anyway; PyTorch keeps its own malloc settings.)
 os.environ.setdefault("DU_KEEP_MALLOC", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpt.datasets import split_text  # noqa: E402
+from gpt.data.corpora import split_text  # noqa: E402
 
 
 def main() -> None:

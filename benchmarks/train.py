@@ -59,7 +59,7 @@ def run_one(name: str, threads: int) -> dict:
     from autograd.parallel import DataParallel, limit_blas_threads
     from autograd.profiler import profile
     from gpt import GPT, GPTConfig
-    from gpt.trainer import backward_batches
+    from gpt.train.pretrain import backward_batches
 
     spec = CONFIGS[name]
     config = GPTConfig(**spec["model"])
@@ -71,7 +71,7 @@ def run_one(name: str, threads: int) -> dict:
     x = rng.integers(0, config.vocab_size, size=(batch, block))
     y = rng.integers(0, config.vocab_size, size=(batch, block))
 
-    def step(parallel):                      # what gpt.trainer does in one step
+    def step(parallel):                      # what gpt.train.pretrain does in one step
         model.zero_grad()
         backward_batches(parallel, model.loss, [(x, y)], params, seed=0, step=0)
         clip_grad_norm(params, 1.0)

@@ -25,6 +25,8 @@ import json
 import os
 from pathlib import Path
 
+from .patterns import GPT2_PATTERN
+
 #: File-name pairs (vocabulary, merges) looked for in a directory, in this order.
 GPT2_FILE_NAMES = (
     ("encoder.json", "vocab.bpe"),
@@ -115,8 +117,6 @@ def gpt2_files_problem(tokenizer: object) -> str | None:
     not both be written. A tokenizer passing these checks encodes, in those programs, exactly
     as it does here.
     """
-    from .patterns import GPT2_PATTERN
-
     if not (hasattr(tokenizer, "merges") and hasattr(tokenizer, "pattern")):
         return f"{type(tokenizer).__name__} is not a byte-level BPE tokenizer"
     if tokenizer.pattern != GPT2_PATTERN:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bpe import CharTokenizer
-from gpt import GPT, GPTConfig
+from gpt import GPT, GPTConfig, save_pretrained
 
 EOT = "<|endoftext|>"
 
@@ -43,5 +43,5 @@ def checkpoint(directory: Path, block_size: int = 48, rigged: str | None = None)
     gpt = model(tok, block_size)
     if rigged is not None:
         rig(gpt, tok.encode(rigged, allowed_special="all")[0])
-    gpt.save_pretrained(directory, tok)
+    save_pretrained(gpt, directory, tok)
     return directory

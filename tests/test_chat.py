@@ -1,16 +1,15 @@
-"""gpt.chat: templates, the checkpoint's template marker, history trimming, replies and turns."""
+"""gpt.chat.engine: templates, the checkpoint's template marker, history trimming, replies and turns."""
 import json
 import threading
 
+import _tiny_chat as tiny
 import pytest
 
-from gpt.chat import (ALPACA_PREAMBLE, TEMPLATE_KEY, ChatEngine, ChatError, ChatSession,
-                      EngineBusy, PromptTooLong, chat_template_for, check_messages,
-                      format_alpaca, get_template, set_chat_template)
-from gpt.checkpoint import CheckpointError, save_checkpoint
-from gpt.generate import SamplingParams
-
-import _tiny_chat as tiny
+from gpt.chat.engine import (ALPACA_PREAMBLE, TEMPLATE_KEY, ChatEngine, ChatError, ChatSession,
+                             EngineBusy, PromptTooLong, chat_template_for, check_messages,
+                             format_alpaca, get_template, set_chat_template)
+from gpt.core.generate import SamplingParams
+from gpt.io.checkpoint import CheckpointError, save_checkpoint, save_pretrained
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0)
 
@@ -87,7 +86,7 @@ def test_checkpoint_records_its_template(tmp_path):
 
 
 def test_checkpoint_without_tokenizer_is_a_clear_error(tmp_path):
-    tiny.model(tiny.tokenizer()).save_pretrained(tmp_path)
+    save_pretrained(tiny.model(tiny.tokenizer()), tmp_path)
     with pytest.raises(CheckpointError, match="no tokenizer"):
         ChatEngine.from_checkpoint(tmp_path)
 

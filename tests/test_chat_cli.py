@@ -9,12 +9,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import _tiny_chat as tiny
 import pytest
 
-from gpt.chat_cli import main
-from gpt.cli_common import fail_cleanly
-
-import _tiny_chat as tiny
+from gpt.chat.cli import main
+from gpt.cli import fail_cleanly
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = str(REPO / "chat.py")

@@ -1,4 +1,4 @@
-"""gpt.data: chunked tokenization, the token cache, random batches and sliding windows."""
+"""gpt.data.tokens: chunked tokenization, the token cache, random batches and sliding windows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from _paths import data_file, reference_file
 
-from gpt.data import TokenData, encode_in_chunks, load_token_data, token_dtype, tokenize_cached
+from gpt.data.tokens import (TokenData, encode_in_chunks, load_token_data, token_dtype,
+                             tokenize_cached)
 
 
 class ByteTokenizer:

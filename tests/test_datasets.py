@@ -1,4 +1,4 @@
-"""gpt.datasets: mirror, cache, download (from a local server), and text splits."""
+"""gpt.data.corpora: mirror, cache, download (from a local server), and text splits."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from _http_server import closed_port_url, serve  # noqa: F401  (serve is a fixture)
 from _paths import data_file
 
-from gpt import datasets
-from gpt.datasets import DATASETS, DataError, fetch, load_text, load_text_splits, split_text
-from gpt.files import atomic_write, sha256_file
+from gpt.data.corpora import DATASETS, DataError, fetch, load_text, load_text_splits, split_text
+from gpt.io import files
+from gpt.io.files import atomic_write, sha256_file
 
 
 @pytest.fixture(autouse=True)
@@ -178,8 +178,8 @@ def test_split_text_cuts_at_a_line_start():
 
 def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     monkeypatch.delenv("DU_DATA_DIR")
-    assert datasets.cache_dir() == datasets.DEFAULT_CACHE.expanduser()
-    assert datasets.cache_dir(tmp_path) == tmp_path
+    assert files.cache_dir() == files.DEFAULT_CACHE.expanduser()
+    assert files.cache_dir(tmp_path) == tmp_path
 
 
 def test_atomic_write_is_all_or_nothing(tmp_path):

@@ -1,4 +1,4 @@
-"""The downloader (gpt.http_download) and `python -m gpt.download`, against a local server."""
+"""The downloader (gpt.data.http) and `python -m gpt.download`, against a local server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import pytest
 from _http_server import closed_port_url, serve  # noqa: F401  (serve is a fixture)
 
-from gpt import download as gpt_download
-from gpt.http_download import DownloadError, download, partial_path
+from gpt.data import hub as gpt_download
+from gpt.data.http import DownloadError, download, partial_path
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

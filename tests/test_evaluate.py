@@ -1,4 +1,4 @@
-"""gpt.evaluate: the book's loss methodology, its split of The Verdict, and the command line."""
+"""gpt.train.evaluate: the book's loss methodology, its split of The Verdict, and the command line."""
 from __future__ import annotations
 
 import json
@@ -6,14 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from _paths import data_file
 
 from bpe import Tokenizer
-from gpt import GPT, GPTConfig
-from gpt.data import TokenData
-from gpt.datasets import split_text
-from gpt.evaluate import EvaluationError, evaluate_loss, load_eval_data, main
-
-from _paths import data_file
+from gpt import GPT, GPTConfig, save_pretrained
+from gpt.data.corpora import split_text
+from gpt.data.tokens import TokenData
+from gpt.train.evaluate import EvaluationError, evaluate_loss, load_eval_data, main
 
 
 def book_loss(model: GPT, ids: np.ndarray, context: int, stride: int, batch_size: int,
@@ -96,7 +95,7 @@ def checkpoint_with_tokenizer(tmp_path):
     manual_seed(3)
     model = GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=32))
     directory = tmp_path / "ckpt"
-    model.save_pretrained(directory, tokenizer)
+    save_pretrained(model, directory, tokenizer)
     (directory / "tokenizer.du.json").unlink()          # only GPT-2's files, as from the Hub
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")

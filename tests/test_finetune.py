@@ -7,28 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import data_file
 
 from autograd import Tensor
 from autograd import functional as F
 from autograd.gradcheck import gradcheck
 from autograd.nn import Linear
 from bpe import Tokenizer
-from gpt import GPT, GPTConfig
-from gpt.checkpoint import CheckpointError, save_checkpoint
-from gpt.classify import (GPTClassifier, balance_and_split, classify_texts,
-                          collate_classification, last_token_states, load_classifier, load_sms,
-                          parse_sms_lines)
-from gpt.datasets import DataError
-from gpt.dpo import (collate_preference, dpo_loss, dpo_statistics, encode_preference,
-                     load_preference_records, sequence_logprobs)
-from gpt.finetune import (FinetuneSettings, batch_indices, parse_trainable, run_task,
-                          settings_from_args)
-from gpt.instruct import (RESPONSES_FILE, collate_instruct, format_input, format_prompt,
-                          load_records, split_records)
-from gpt.lora import LoRALinear, apply_lora, lora_parameters, merge_lora, merged_state_dict
-from gpt.trainer import TrainingError
-
-from _paths import data_file
+from gpt import GPT, GPTConfig, load_pretrained
+from gpt.data.corpora import DataError
+from gpt.finetune.classify import (GPTClassifier, balance_and_split, classify_texts,
+                                   collate_classification, last_token_states, load_classifier,
+                                   load_sms, parse_sms_lines)
+from gpt.finetune.cli import run_task, settings_from_args
+from gpt.finetune.common import FinetuneSettings, batch_indices, parse_trainable
+from gpt.finetune.dpo import (collate_preference, dpo_loss, dpo_statistics, encode_preference,
+                              load_preference_records, sequence_logprobs)
+from gpt.finetune.instruct import (RESPONSES_FILE, collate_instruct, format_input, format_prompt,
+                                   load_records, split_records)
+from gpt.finetune.lora import LoRALinear, apply_lora, lora_parameters, merge_lora, merged_state_dict
+from gpt.io.checkpoint import CheckpointError, save_checkpoint
+from gpt.train.pretrain import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=29, block_size=12, n_layer=2, n_head=2, n_embd=8)
@@ -407,7 +406,7 @@ def test_classify_end_to_end(workspace):
     assert json.loads((run / "results.json").read_text())["train_accuracy"] == \
         results["train_accuracy"]
     # The checkpoint: a GPT directory (from_pretrained works) plus the head.
-    GPT.from_pretrained(run)
+    load_pretrained(run)
     classifier, tokenizer, labels, max_length = load_classifier(run)
     assert labels == ["ham", "spam"]
     (label, p), = classify_texts(classifier, tokenizer, ["WIN cash now"], max_length)
@@ -428,7 +427,7 @@ def test_classify_with_lora_trains_only_adapters_and_head(workspace):
 
 def test_classifier_cli_and_a_checkpoint_without_a_head(workspace):
     finetune(workspace, "classify", "clf-cli", data=str(workspace / "sms.tsv"), max_iters=2)
-    out = subprocess.run([sys.executable, "-m", "gpt.classify", "--ckpt",
+    out = subprocess.run([sys.executable, "-m", "gpt.finetune.classify", "--ckpt",
                           str(workspace / "runs" / "clf-cli"), "FREE prize call now", "ok"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -447,7 +446,7 @@ def test_instruct_end_to_end_with_masked_prompt(workspace):
     answers = json.loads((run / RESPONSES_FILE).read_text())
     assert len(answers) == 2 and {"instruction", "output", "model_response"} <= set(answers[0])
     state = json.loads((run / "latest" / "train_state.json").read_text())
-    assert state["chat_template"] == "alpaca"              # what gpt.chat reads
+    assert state["chat_template"] == "alpaca"              # what gpt.chat.engine reads
     assert results["split_sizes"] == {"train": 34, "test": 4, "val": 2}
 
 
@@ -458,9 +457,9 @@ def test_instruct_with_lora_exports_a_plain_checkpoint(workspace):
     assert results["trainable_parameters"] == 4 * 2 * 256
     assert eval_losses(workspace / "runs" / "inst-lora")[-1] < \
         eval_losses(workspace / "runs" / "inst-lora")[0]
-    model = GPT.from_pretrained(workspace / "runs" / "inst-lora")
+    model = load_pretrained(workspace / "runs" / "inst-lora")
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    base = GPT.from_pretrained(workspace / "base")
+    base = load_pretrained(workspace / "base")
     assert not np.array_equal(model.h[0].attn.c_attn.weight.data,
                               base.h[0].attn.c_attn.weight.data)
     assert np.array_equal(model.wte.weight.data, base.wte.weight.data)   # frozen under LoRA
@@ -511,7 +510,8 @@ def test_base_checkpoint_needs_a_tokenizer_with_end_of_text(tmp_path):
 
 def test_ctrl_c_stops_after_the_step_and_still_evaluates(tmp_path):
     import signal
-    from gpt.finetune import fit
+
+    from gpt.finetune.common import fit
     model = Linear(3, 2, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
     y = np.arange(10) % 2

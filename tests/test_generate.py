@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from gpt import GPT, GPTConfig
-from gpt.generate import (SamplingParams, generate, generate_tokens, generate_uncached,
-                          sample_next, stream_text)
+from gpt.core.generate import (SamplingParams, generate, generate_tokens, generate_uncached,
+                               sample_next, stream_text)
 
 
 @pytest.fixture(scope="module")

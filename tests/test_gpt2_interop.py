@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import data_file, reference_file
 
 from autograd import Tensor, no_grad
 from autograd import functional as F
@@ -21,12 +22,10 @@ from autograd.nn import skip_init
 from bpe import Tokenizer
 from bpe.gpt2 import gpt2_files_problem, save_gpt2_files
 from gpt import GPT, GPTConfig
-from gpt.checkpoint import (CheckpointError, config_from_hf, config_to_hf,
-                            load_tokenizer_from, resolve_checkpoint, save_pretrained)
-from gpt.generate import generate
-from gpt.safetensors import load_file, read_header, save_file
-
-from _paths import data_file, reference_file
+from gpt.core.generate import generate
+from gpt.io.checkpoint import (CheckpointError, config_from_hf, config_to_hf, load_pretrained,
+                               load_tokenizer_from, resolve_checkpoint, save_pretrained)
+from gpt.io.safetensors import load_file, read_header, save_file
 
 TOL = 1e-4
 
@@ -77,7 +76,7 @@ def loss_and_grads(model: GPT, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Te
 
 
 def test_logits_loss_and_gradients_match_pytorch(ref_dir, ref):
-    model = GPT.from_pretrained(ref_dir)
+    model = load_pretrained(ref_dir)
     assert model.config == GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64)
     logits, loss = loss_and_grads(model, ref["x"], ref["y"])
     assert logits.dtype == np.float32
@@ -95,7 +94,7 @@ def test_logits_loss_and_gradients_match_pytorch(ref_dir, ref):
 def test_hidden_states_match_pytorch(ref_dir, ref):
     # transformers' hidden_states: the embeddings, the output of each block but the last, and
     # the last block's output after ln_f. A mismatch here says which layer went wrong.
-    model = GPT.from_pretrained(ref_dir)
+    model = load_pretrained(ref_dir)
     x = ref["x"]
     with no_grad():
         h = model.wte(x) + model.wpe(np.arange(x.shape[1]))
@@ -111,7 +110,7 @@ def test_hidden_states_match_pytorch(ref_dir, ref):
 def test_float64_model_agrees_to_the_reference_float32_rounding(ref_dir, ref):
     # In float64 our own rounding vanishes; what is left is PyTorch's float32 rounding, about
     # 1e-6 here: the agreement above is not luck at the edge of the tolerance.
-    model = GPT.from_pretrained(ref_dir, dtype=np.float64)
+    model = load_pretrained(ref_dir, dtype=np.float64)
     assert all(p.dtype == np.float64 for p in model.parameters())
     logits, loss = loss_and_grads(model, ref["x"], ref["y"])
     assert np.abs(logits.data - ref["logits"]).max() < 1e-5
@@ -133,7 +132,7 @@ def test_keys_without_prefix_with_mask_buffers_and_tied_head_load(tmp_path, ref_
     tensors["lm_head.weight"] = tensors["wte.weight"]
     directory = hf_dir(tmp_path, ref_dir, tensors)
     with no_grad():
-        logits = GPT.from_pretrained(directory)(ref["x"])
+        logits = load_pretrained(directory)(ref["x"])
     assert np.abs(logits.data - ref["logits"]).max() < TOL
 
 
@@ -142,15 +141,15 @@ def test_keys_without_prefix_with_mask_buffers_and_tied_head_load(tmp_path, ref_
 
 
 def test_export_is_byte_identical_to_transformers_and_import_is_the_identity(tmp_path, ref_dir):
-    model = GPT.from_pretrained(ref_dir)
-    out = model.save_pretrained(tmp_path / "out")
+    model = load_pretrained(ref_dir)
+    out = save_pretrained(model, tmp_path / "out")
     assert (out / "model.safetensors").read_bytes() == (ref_dir / "model.safetensors").read_bytes()
-    again = GPT.from_pretrained(out)
+    again = load_pretrained(out)
     assert again.config == model.config
     for (name, a), (name2, b) in zip(model.named_parameters(), again.named_parameters()):
         assert name == name2 and a.dtype == b.dtype and np.array_equal(a.data, b.data)
     # A second round trip changes nothing either (our own config.json keys this time).
-    again.save_pretrained(tmp_path / "out2")
+    save_pretrained(again, tmp_path / "out2")
     assert (tmp_path / "out2" / "model.safetensors").read_bytes() == \
         (out / "model.safetensors").read_bytes()
 
@@ -181,7 +180,7 @@ def test_gpt2_configs_we_cannot_run_are_refused(ref_dir, change, message):
 def test_parameters_are_the_mapped_file_and_writing_them_leaves_the_file_alone(tmp_path, ref_dir):
     directory = hf_dir(tmp_path, ref_dir)
     before = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
-    model = GPT.from_pretrained(directory)
+    model = load_pretrained(directory)
     for p in model.parameters():
         data = p.data
         assert data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable
@@ -193,8 +192,8 @@ def test_parameters_are_the_mapped_file_and_writing_them_leaves_the_file_alone(t
     assert not np.any(model.wte.weight.data)
     # Saving into the very directory it was loaded from replaces the file by a rename: the
     # mapping keeps the old file, so the parameters are intact while the new file is written.
-    model.save_pretrained(directory)
-    reloaded = GPT.from_pretrained(directory)
+    save_pretrained(model, directory)
+    reloaded = load_pretrained(directory)
     assert not np.any(reloaded.wte.weight.data)
     assert np.array_equal(reloaded.h[0].mlp.c_fc.weight.data, model.h[0].mlp.c_fc.weight.data)
 
@@ -235,7 +234,7 @@ def test_half_precision_files_load_widened_to_float32(tmp_path, ref_dir, ref, re
                     for k, a in ref_tensors.items()}
     assert {info.dtype for info in read_header(directory / "model.safetensors")[0].values()} == \
         {dtype}
-    model = GPT.from_pretrained(directory)
+    model = load_pretrained(directory)
     for name, p in model.named_parameters():
         assert p.dtype == np.float32 and p.data.flags.c_contiguous and p.data.flags.writeable
         assert np.array_equal(p.data, expected["transformer." + name]), name
@@ -250,12 +249,12 @@ def test_half_precision_files_load_widened_to_float32(tmp_path, ref_dir, ref, re
 
 def test_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        GPT.from_pretrained(tmp_path / "nowhere")
+        load_pretrained(tmp_path / "nowhere")
 
 
 def test_a_file_is_not_a_checkpoint(tmp_path, ref_dir):
     with pytest.raises(CheckpointError, match="is not a directory"):
-        GPT.from_pretrained(ref_dir / "model.safetensors")
+        load_pretrained(ref_dir / "model.safetensors")
 
 
 def test_directory_without_weights(tmp_path, ref_dir):
@@ -263,17 +262,17 @@ def test_directory_without_weights(tmp_path, ref_dir):
     directory.mkdir()
     shutil.copyfile(ref_dir / "config.json", directory / "config.json")
     with pytest.raises(CheckpointError, match="no checkpoint in .*model.safetensors"):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
     (directory / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(CheckpointError, match="pytorch_model.bin, a PyTorch pickle"):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
 
 
 def test_directory_without_config(tmp_path, ref_dir):
     directory = hf_dir(tmp_path, ref_dir)
     (directory / "config.json").unlink()
     with pytest.raises(CheckpointError, match="no config.json"):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -287,7 +286,7 @@ def test_corrupt_config(tmp_path, ref_dir, text, message):
     directory = hf_dir(tmp_path, ref_dir)
     (directory / "config.json").write_text(text)
     with pytest.raises(CheckpointError, match=message):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
 
 
 def test_weights_of_another_shape(tmp_path, ref_dir):
@@ -295,7 +294,7 @@ def test_weights_of_another_shape(tmp_path, ref_dir):
     directory = hf_dir(tmp_path, ref_dir, config={**config, "vocab_size": 500})
     with pytest.raises(CheckpointError, match=r"shape mismatch for 'wte.weight': the config "
                                               r"needs \(500, 64\), the file has \(512, 64\)"):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
 
 
 def test_missing_and_unexpected_tensors(tmp_path, ref_dir, ref_tensors):
@@ -304,16 +303,16 @@ def test_missing_and_unexpected_tensors(tmp_path, ref_dir, ref_tensors):
     del tensors["transformer.ln_f.bias"]
     directory = hf_dir(tmp_path, ref_dir, tensors)
     with pytest.raises(CheckpointError, match=r"missing tensors \(1\): ln_f.bias"):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
     deeper = hf_dir(tmp_path, ref_dir, config={**config, "n_layer": 1}, name="deeper")
     with pytest.raises(CheckpointError, match=r"unexpected tensors \(12\): h\.1\."):
-        GPT.from_pretrained(deeper)
+        load_pretrained(deeper)
 
 
 def test_integer_weights_are_refused(tmp_path, ref_dir, ref_tensors):
     tensors = {**ref_tensors, "transformer.ln_f.bias": np.zeros(64, dtype=np.int32)}
     with pytest.raises(CheckpointError, match="'ln_f.bias' holds int32"):
-        GPT.from_pretrained(hf_dir(tmp_path, ref_dir, tensors))
+        load_pretrained(hf_dir(tmp_path, ref_dir, tensors))
 
 
 def test_truncated_weights(tmp_path, ref_dir):
@@ -321,19 +320,19 @@ def test_truncated_weights(tmp_path, ref_dir):
     path = directory / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-1000])
     with pytest.raises(CheckpointError, match=r"model.safetensors: the tensors cover .* \(truncated"):
-        GPT.from_pretrained(directory)
+        load_pretrained(directory)
 
 
 def test_untied_head_is_refused(tmp_path, ref_dir, ref_tensors):
     tensors = {**ref_tensors, "lm_head.weight": ref_tensors["transformer.wte.weight"] + 1}
     with pytest.raises(CheckpointError, match="lm_head.weight differs from wte.weight"):
-        GPT.from_pretrained(hf_dir(tmp_path, ref_dir, tensors))
+        load_pretrained(hf_dir(tmp_path, ref_dir, tensors))
 
 
 def test_overrides_that_do_not_fit_are_reported(ref_dir):
     with pytest.raises(CheckpointError, match="cannot apply"):
-        GPT.from_pretrained(ref_dir, dropout=2.0)
-    model = GPT.from_pretrained(ref_dir, dropout=0.1)
+        load_pretrained(ref_dir, dropout=2.0)
+    model = load_pretrained(ref_dir, dropout=0.1)
     assert model.config.dropout == 0.1
 
 
@@ -409,7 +408,7 @@ def test_a_hugging_face_directory_loads_for_chat(tmp_path, ref_dir, ref_tensors,
     # What chat.py does with --ckpt: the model and the tokenizer from one directory.
     directory = make_hf_dir_with_tokenizer(tmp_path, ref_dir, ref_tensors,
                                            small_gpt2_style_tokenizer)
-    model = GPT.from_pretrained(directory)
+    model = load_pretrained(directory)
     tokenizer = load_tokenizer_from(directory)
     assert resolve_checkpoint(directory) == directory
     assert tokenizer.vocab_size == 300 and tokenizer.eot_id == 299
@@ -419,7 +418,7 @@ def test_a_hugging_face_directory_loads_for_chat(tmp_path, ref_dir, ref_tensors,
 
 def test_train_init_fine_tunes_a_hugging_face_directory(tmp_path, ref_dir, ref_tensors,
                                                        small_gpt2_style_tokenizer):
-    from gpt.trainer import TrainSettings, prepare_run, train
+    from gpt.train.pretrain import TrainSettings, prepare_run, train
 
     directory = make_hf_dir_with_tokenizer(tmp_path, ref_dir, ref_tensors,
                                            small_gpt2_style_tokenizer)
@@ -437,8 +436,8 @@ def test_train_init_fine_tunes_a_hugging_face_directory(tmp_path, ref_dir, ref_t
     assert np.array_equal(run.model.wte.weight.data, initial)
     train(run)
     assert (directory / "model.safetensors").read_bytes() == before
-    tuned = GPT.from_pretrained(tmp_path / "runs" / "ft")
-    assert tuned.config == GPT.from_pretrained(directory, block_size=32).config
+    tuned = load_pretrained(tmp_path / "runs" / "ft")
+    assert tuned.config == load_pretrained(directory, block_size=32).config
     assert not np.array_equal(tuned.wte.weight.data, initial)
     assert (tmp_path / "runs" / "ft" / "latest" / "vocab.json").is_file()
 
@@ -452,14 +451,14 @@ def test_a_gpt2_name_means_its_download_directory(tmp_path, ref_dir, monkeypatch
     shutil.copytree(ref_dir, target)
     assert resolve_checkpoint("gpt2", data_dir=tmp_path) == target
     monkeypatch.setenv("DU_DATA_DIR", str(tmp_path))
-    assert GPT.from_pretrained("gpt2").config.n_embd == 64
+    assert load_pretrained("gpt2").config.n_embd == 64
 
 
 def test_a_smaller_block_size_crops_the_position_embedding(ref_dir, ref):
-    model = GPT.from_pretrained(ref_dir, block_size=16)
+    model = load_pretrained(ref_dir, block_size=16)
     assert model.config.block_size == 16 and model.wpe.weight.shape == (16, 64)
     assert not model.wpe.weight.data.flags.owndata            # cropped in place: no copy
     with no_grad():                                           # the reference batch is 16 long
         assert np.abs(model(ref["x"]).data - ref["logits"]).max() < TOL
     with pytest.raises(CheckpointError, match=r"shape mismatch for 'wpe.weight'"):
-        GPT.from_pretrained(ref_dir, block_size=128)
+        load_pretrained(ref_dir, block_size=128)

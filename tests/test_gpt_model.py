@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from autograd import no_grad
 from autograd import functional as F
+from autograd import no_grad
 from autograd.gradcheck import gradcheck
 from autograd.optim import AdamW
 from gpt import GPT, GPTConfig

@@ -1,4 +1,4 @@
-"""gpt.safetensors: the reference GPT-2 file, round trips, widening, and every kind of bad file."""
+"""gpt.io.safetensors: the reference GPT-2 file, round trips, widening, and every kind of bad file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _paths import reference_file
 
-from gpt.safetensors import SafetensorsError, TensorInfo, load_file, read_header, save_file
+from gpt.io.safetensors import SafetensorsError, TensorInfo, load_file, read_header, save_file
 
 
 def write_raw(path, header: dict, data: bytes, pad: bool = True) -> None:

@@ -5,12 +5,11 @@ import socket
 import urllib.error
 import urllib.request
 
+import _tiny_chat as tiny
 import pytest
 
-from gpt.chat import ChatEngine
-from gpt.server import start_background
-
-import _tiny_chat as tiny
+from gpt.chat.engine import ChatEngine
+from gpt.chat.server import start_background
 
 HELLO = [{"role": "user", "content": "hello"}]
 

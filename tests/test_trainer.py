@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt import GPT
-from gpt.checkpoint import CheckpointError, load_training_state
-from gpt.datasets import DataError
-from gpt.trainer import TrainingError, TrainSettings, prepare_run, train
+from gpt import load_pretrained
+from gpt.data.corpora import DataError
+from gpt.io.checkpoint import CheckpointError, load_training_state
+from gpt.train.pretrain import TrainingError, TrainSettings, prepare_run, train
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "".join(f"The {w} sat on the mat number {i}. It was a {w} day.\n"
@@ -74,7 +74,7 @@ def test_checkpoints_and_run_files(corpus, tmp_path):
         assert (d / name).exists(), name
     opt_state, state = load_training_state(d / "latest")
     assert state["step"] == 8 and opt_state["param_groups"]
-    model = GPT.from_pretrained(d)     # a run directory opens at best/
+    model = load_pretrained(d)     # a run directory opens at best/
     assert model.config.n_layer == 2
     assert summary["val_loss"] < 3.5   # char vocabulary ~30: far below log(30) = 3.4 + noise
 

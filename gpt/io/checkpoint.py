@@ -27,11 +27,13 @@ import numpy as np
 
 from autograd.nn import skip_init
 from autograd.optim import join_arrays, split_arrays
-
-from .config import GPTConfig
-from .files import atomic_write
-from .model import GPT
-from .safetensors import SafetensorsError, load_file, save_file
+from bpe import Tokenizer, load_tokenizer
+from bpe.gpt2 import find_gpt2_files, gpt2_files_problem, save_gpt2_files
+from gpt.core.config import GPTConfig
+from gpt.core.model import GPT
+from gpt.errors import GPTError
+from gpt.io.files import atomic_write, default_model_dir
+from gpt.io.safetensors import SafetensorsError, load_file, save_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,9 +43,12 @@ STATE_FILE = "train_state.json"
 HF_PREFIX = "transformer."
 # Buffers (the causal mask) that some GPT-2 checkpoints store: not parameters, skipped.
 _HF_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+# What a downloadable model's name looks like: "gpt2-medium" or a Hugging Face id "ORG/NAME".
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_GPT2_NAME = re.compile(r"gpt2(-medium|-large|-xl)?")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GPTError, ValueError):
     """A checkpoint directory is missing, incomplete, corrupt, or does not fit the model."""
 
 
@@ -226,8 +231,6 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
     other tokenizer, writing those files would give transformers a tokenizer that disagrees
     with the model, so none are written.
     """
-    from bpe.gpt2 import gpt2_files_problem, save_gpt2_files
-
     tokenizer.save(directory / TOKENIZER_FILE)
     if gpt2_files_problem(tokenizer) is None:
         save_gpt2_files(tokenizer, directory)
@@ -235,9 +238,6 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
 
 def load_tokenizer_from(directory: str | os.PathLike):
     """The tokenizer stored in a checkpoint directory (ours, or GPT-2's files), or None."""
-    from bpe import Tokenizer, load_tokenizer
-    from bpe.gpt2 import find_gpt2_files
-
     directory = Path(directory)
     if (directory / TOKENIZER_FILE).is_file():
         return load_tokenizer(directory / TOKENIZER_FILE)
@@ -256,18 +256,19 @@ def resolve_checkpoint(path: str | os.PathLike,
                        data_dir: str | os.PathLike | None = None) -> Path:
     """The checkpoint directory meant by `path`: itself, or a run directory's best/ or latest/.
 
-    A GPT-2 name ("gpt2", "gpt2-medium", ...) that is not a path here means the directory
-    `python -m gpt.download NAME` fills (under `data_dir`, default the usual cache).
+    A model name that is not a path here ("gpt2", "gpt2-medium", or a Hugging Face id such as
+    "ORG/NAME") means the directory `python -m gpt.download NAME` fills (under `data_dir`,
+    default the usual cache: `gpt.io.files.default_model_dir`).
     A run killed in the middle of swapping a checkpoint into place may have left only the
     previous one, renamed `*.old`: it is used then.
     """
-    from .download import MODELS, default_model_dir
-
     name, path = str(path), Path(path).expanduser()
-    if not path.exists() and name in MODELS:
-        path = default_model_dir(name, data_dir)
-        if not path.exists():
-            raise CheckpointError(f"{name} is not downloaded (looked in {path}): run "
+    if not path.exists() and _MODEL_NAME.fullmatch(name):
+        downloaded = default_model_dir(name, data_dir)
+        if downloaded.exists():
+            path = downloaded
+        elif "/" in name or _GPT2_NAME.fullmatch(name):
+            raise CheckpointError(f"{name} is not downloaded (looked in {downloaded}): run "
                                   f"`python -m gpt.download {name}` first, or pass the "
                                   f"directory that holds it")
     if not path.exists():
@@ -378,3 +379,12 @@ def load_training_state(directory: str | os.PathLike) -> tuple[dict | None, dict
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(f"{directory / STATE_FILE} is corrupt: {error}") from None
     return optimizer_state, train_state
+
+
+def latest_run(out_dir: str | os.PathLike = "runs") -> Path | None:
+    """The most recently written run directory under `out_dir` (for `chat.py` with no --ckpt)."""
+    root = Path(out_dir).expanduser()
+    if not root.is_dir():
+        return None
+    runs = [d for d in root.iterdir() if (d / "latest").is_dir() or (d / "best").is_dir()]
+    return max(runs, key=lambda d: d.stat().st_mtime, default=None)

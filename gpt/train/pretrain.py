@@ -15,6 +15,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -32,21 +33,23 @@ import autograd.random
 from autograd import no_grad
 from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
 from autograd.parallel import DataParallel, default_threads, split_batch
-
-from .checkpoint import (load_pretrained, load_tokenizer_from, load_training_state,
-                         resolve_checkpoint, save_checkpoint)
-from .config import PRESETS, GPTConfig
-from .data import TokenData
-from .datasets import cache_dir, load_text_splits
-from .generate import SamplingParams, generate
-from .model import GPT
+from bpe import CharTokenizer, Tokenizer, load_tokenizer
+from gpt.core.config import PRESETS, GPTConfig
+from gpt.core.generate import SamplingParams, generate
+from gpt.core.model import GPT
+from gpt.data.corpora import fetch, load_text_splits
+from gpt.data.tokens import TokenData
+from gpt.errors import GPTError
+from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, load_training_state,
+                               resolve_checkpoint, save_checkpoint)
+from gpt.io.files import cache_dir
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GPTError, RuntimeError):
     """Training cannot go on (bad settings, non-finite loss); the message says why."""
 
 
@@ -113,17 +116,13 @@ class TrainSettings:
 
 def build_tokenizer(settings: TrainSettings, train_text: str, val_text: str):
     """The run's tokenizer: trained on the training text (cached), or loaded."""
-    from bpe import CharTokenizer, Tokenizer, load_tokenizer
-
     kind = settings.tokenizer
     if kind == "char":
         return CharTokenizer.train(train_text + val_text, special_tokens=["<|endoftext|>"])
     if kind == "gpt2":
-        from .datasets import fetch
         return Tokenizer.from_gpt2(fetch("gpt2-encoder.json", data_dir=settings.data_dir),
                                    fetch("gpt2-vocab.bpe", data_dir=settings.data_dir))
     if kind == "bpe":
-        import hashlib
         key = hashlib.sha256(train_text.encode("utf-8")).hexdigest()[:24]
         path = cache_dir(settings.data_dir) / "tokenizers" / f"bpe-{settings.vocab_size}-{key}.json"
         if path.is_file():
@@ -525,11 +524,3 @@ def plot_metrics(directory: Path) -> Path | None:
     plt.close(fig)
     return path
 
-
-def latest_run(out_dir: str | os.PathLike = "runs") -> Path | None:
-    """The most recently written run directory under `out_dir` (for `chat.py` with no --ckpt)."""
-    root = Path(out_dir).expanduser()
-    if not root.is_dir():
-        return None
-    runs = [d for d in root.iterdir() if (d / "latest").is_dir() or (d / "best").is_dir()]
-    return max(runs, key=lambda d: d.stat().st_mtime, default=None)

@@ -1,7 +1,7 @@
 """Classification fine-tuning (chapter 6): a pretrained GPT becomes a spam filter.
 
-    python train.py classify --init runs/pretrain                # train (see gpt.finetune)
-    python -m gpt.classify --ckpt runs/classify-... "You won a prize! Call now"
+    python train.py classify --init runs/pretrain                # train (see gpt.finetune.common)
+    python -m gpt.finetune.classify --ckpt runs/classify-... "You won a prize! Call now"
 
 The data is the UCI SMS Spam Collection: 5,574 lines `ham<TAB>text` or `spam<TAB>text`, 747 of
 them spam. It is balanced by undersampling ham to 747 messages (a classifier that says "ham"
@@ -29,7 +29,7 @@ LayerNorm; the book trains last-1 of GPT-2 124M, whose features are already rich
 has to adapt more of itself to text messages: all blocks beat the last one by about 5 points
 of test accuracy (see the README's figures).
 
-A classifier checkpoint is an ordinary GPT checkpoint directory (GPT.from_pretrained opens it)
+A classifier checkpoint is an ordinary GPT checkpoint directory (gpt.load_pretrained opens it)
 plus `classifier.safetensors`: the head (`classifier.weight` (C, n_classes), `classifier.bias`)
 with the labels and the length limit in its metadata.
 """
@@ -48,14 +48,16 @@ import autograd.random
 from autograd import Tensor, no_grad
 from autograd import functional as F
 from autograd.nn import Linear, Module
-
-from .checkpoint import CheckpointError, load_pretrained, load_tokenizer_from, resolve_checkpoint
-from .datasets import DATASETS, DataError, fetch
-from .finetune import (FinetuneSettings, add_lora, count_parameters, evaluate_batches, fit,
-                       load_base, new_run_directory, pad_rows, parse_trainable, run_summary,
-                       save_model, select_trainable, split_by_fractions, write_results)
-from .model import GPT
-from .safetensors import SafetensorsError, load_file, read_header, save_file
+from gpt.cli import fail_cleanly
+from gpt.core.model import GPT
+from gpt.data.corpora import DATASETS, DataError, fetch
+from gpt.finetune.common import (FinetuneSettings, add_lora, count_parameters, evaluate_batches,
+                                 fit, load_base, new_run_directory, pad_rows, parse_trainable,
+                                 run_summary, save_model, select_trainable, split_by_fractions,
+                                 write_results)
+from gpt.io.checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
+                               resolve_checkpoint)
+from gpt.io.safetensors import SafetensorsError, load_file, read_header, save_file
 
 LABELS = ("ham", "spam")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)              # train, validation, test
@@ -308,11 +310,11 @@ def run_classify(settings: FinetuneSettings, log: Callable[[str], None] = print)
 
 
 # ----------------------------------------------------------------------------------------------
-# python -m gpt.classify --ckpt DIR "text" ...
+# python -m gpt.finetune.classify --ckpt DIR "text" ...
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt.classify",
+    p = argparse.ArgumentParser(prog="python -m gpt.finetune.classify",
                                 description="Classify messages with a checkpoint fine-tuned by "
                                             "`python train.py classify`.")
     p.add_argument("--ckpt", required=True, help="classifier checkpoint or its run directory")
@@ -333,5 +335,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli_common import fail_cleanly
     sys.exit(fail_cleanly(main))

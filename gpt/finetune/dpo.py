@@ -47,13 +47,12 @@ import numpy as np
 
 from autograd import Tensor, no_grad
 from autograd import functional as F
-
-from .datasets import DataError
-from .finetune import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
-                       pad_rows, run_summary, save_model, start_run, write_results)
-from .instruct import (RESPONSES_FILE, answer_test_split, format_prompt, load_records,
-                       split_records)
-from .model import GPT
+from gpt.core.model import GPT
+from gpt.data.corpora import DataError
+from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
+                                 pad_rows, run_summary, save_model, start_run, write_results)
+from gpt.finetune.instruct import (RESPONSES_FILE, answer_test_split, format_prompt, load_records,
+                                   split_records)
 
 REQUIRED_FIELDS = ("instruction", "chosen", "rejected")
 

@@ -7,7 +7,7 @@
 2. the download cache: the `data_dir` argument, else `$DU_DATA_DIR`, else
    `~/.cache/deep-understanding` (same layout);
 3. the public source: downloaded into the cache with a progress bar, checked by sha256
-   where the checksum is known, written atomically (see `gpt.http_download`).
+   where the checksum is known, written atomically (see `gpt.data.http`).
 
 `load_text_splits(source)` turns a registered name *or* a local path into (train, val) text:
 a corpus that has its own validation file (TinyStories) uses it, any other text is split
@@ -28,18 +28,17 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-from gpt.files import atomic_write, sha256_file
-from gpt.http_download import DEFAULT_TIMEOUT, DownloadError, download
+from gpt.data.http import DEFAULT_TIMEOUT, DownloadError, download
+from gpt.errors import GPTError
+from gpt.io.files import atomic_write, cache_dir, sha256_file
 
 __all__ = [
     "DATASETS",
     "MIRROR_ENV",
-    "CACHE_ENV",
     "TINYSTORIES_TRAIN_MAX_BYTES",
     "DataError",
     "RemoteFile",
     "TextSplits",
-    "cache_dir",
     "fetch",
     "load_text",
     "load_text_splits",
@@ -47,13 +46,11 @@ __all__ = [
 ]
 
 MIRROR_ENV = "DU_DATA_MIRROR"
-CACHE_ENV = "DU_DATA_DIR"
-DEFAULT_CACHE = Path("~/.cache/deep-understanding")
 TINYSTORIES_TRAIN_MAX_BYTES = 32 * 1024 * 1024  # ~8 M GPT-2 tokens: hours of CPU training
 STORY_END = b"<|endoftext|>"
 
 
-class DataError(Exception):
+class DataError(GPTError):
     """A corpus or data file could not be found, downloaded or read. Says which and why."""
 
 
@@ -141,13 +138,6 @@ class TextSplits(NamedTuple):
 
     train: str
     val: str
-
-
-def cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The download cache: `data_dir` if given, else `$DU_DATA_DIR`, else ~/.cache/deep-understanding."""
-    if data_dir is None:
-        data_dir = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
-    return Path(data_dir).expanduser()
 
 
 def _mirror_dir() -> Path | None:

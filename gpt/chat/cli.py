@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TextIO
 
 from autograd.parallel import limit_blas_threads
-
-from .chat import TEMPLATES, ChatEngine, ChatError, ChatSession
-from .checkpoint import CheckpointError, resolve_checkpoint
-from .generate import SamplingParams
+from gpt.chat.engine import TEMPLATES, ChatEngine, ChatError, ChatSession
+from gpt.chat.server import serve
+from gpt.core.generate import SamplingParams
+from gpt.io.checkpoint import CheckpointError, latest_run, resolve_checkpoint
 
 HELP = """commands:
   /reset          forget the conversation
@@ -41,8 +41,6 @@ Ctrl-C stops a reply early; the part already written stays in the conversation."
 def find_checkpoint(ckpt: str | None, out_dir: str | os.PathLike = "runs") -> Path:
     """What `--ckpt` means: a path; a GPT-2 model name ("gpt2", ...) downloaded with
     `python -m gpt.download`; or, when not given, the newest run under `out_dir`."""
-    from .trainer import latest_run
-
     if ckpt is None:
         run = latest_run(out_dir)
         if run is None:
@@ -102,7 +100,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 def main(argv: list[str] | None = None, stdin: TextIO | None = None,
          stdout: TextIO | None = None) -> int:
     """chat.py's main: parse the command line, load the model, chat or serve. Bad settings
-    print one `error:` line and return 1 (wrap in gpt.cli_common.fail_cleanly for the rest)."""
+    print one `error:` line and return 1 (wrap in gpt.cli.fail_cleanly for the rest)."""
     try:
         return _main(argv, stdin, stdout)
     except ChatError as error:
@@ -127,7 +125,6 @@ def _main(argv: list[str] | None, stdin: TextIO | None, stdout: TextIO | None) -
             print(f"note: cannot tell this BLAS library how many threads to use; set "
                   f"OPENBLAS_NUM_THREADS={args.threads} instead", file=sys.stderr)
         if args.serve:
-            from .server import serve
             serve(engine, args.host, args.port, default_max_tokens=args.max_new_tokens,
                   log=not args.quiet)
             return 0
@@ -141,7 +138,7 @@ def run_terminal(session: ChatSession, stdin: TextIO, stdout: TextIO,
     engine = session.engine
     if interactive:
         try:
-            import readline  # noqa: F401  (line editing and history for input())
+            import readline  # noqa: F401  (optional: line editing and history for input())
         except ImportError:
             pass
         n_params = sum(p.data.size for p in engine.model.parameters())

@@ -1,6 +1,6 @@
 """The one HTTP downloader of the project: resumable, size-checked, sha256-checked, atomic.
 
-Both the named corpora (`gpt.datasets`) and the GPT-2 weights (`gpt.download`) come through
+Both the named corpora (`gpt.data.corpora`) and the GPT-2 weights (`gpt.data.hub`) come through
 `download()`. How it works:
 
 1. Bytes go into `<dest>.part`, never straight into `dest`. If a `.part` file is already
@@ -32,7 +32,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gpt.files import sha256_file
+from gpt.errors import GPTError
+from gpt.io.files import sha256_file
 
 __all__ = ["DEFAULT_TIMEOUT", "DownloadError", "download", "partial_path"]
 
@@ -41,7 +42,7 @@ _CHUNK = 1 << 20
 _USER_AGENT = "deep-understanding/0.1 (Python urllib)"
 
 
-class DownloadError(Exception):
+class DownloadError(GPTError):
     """A file could not be downloaded. The message names the URL and what went wrong."""
 
 

@@ -43,11 +43,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .checkpoint import (CONFIG_FILE, STATE_FILE, CheckpointError, load_pretrained,
-                         load_tokenizer_from, resolve_checkpoint)
-from .files import atomic_write
-from .generate import SamplingParams, generate_tokens, stream_text
-from .model import GPT
+from gpt.core.generate import SamplingParams, generate_tokens, stream_text
+from gpt.core.model import GPT
+from gpt.errors import GPTError
+from gpt.io.checkpoint import (CONFIG_FILE, STATE_FILE, CheckpointError, load_pretrained,
+                               load_tokenizer_from, resolve_checkpoint)
+from gpt.io.files import atomic_write
 
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
@@ -55,7 +56,7 @@ TEMPLATE_KEY = "deep_understanding_chat_template"      # in a checkpoint's confi
 ROLES = ("system", "user", "assistant")
 
 
-class ChatError(ValueError):
+class ChatError(GPTError, ValueError):
     """Bad chat input: an unknown role or template, a prompt that cannot fit, text the
     tokenizer cannot encode. The message is meant for the person who sent it."""
 
@@ -163,7 +164,7 @@ def chat_template_for(checkpoint: str | os.PathLike) -> str:
       1. config.json, top-level key ``"deep_understanding_chat_template": "alpaca"``
          (Hugging Face's loader ignores keys it does not know);
       2. train_state.json, key ``"chat_template"``.
-    `gpt.instruct` writes the second when it saves; `set_chat_template(directory, "alpaca")`
+    `gpt.finetune.instruct` writes the second when it saves; `set_chat_template(directory, "alpaca")`
     writes the first, for any other checkpoint.
     """
     directory = resolve_checkpoint(checkpoint)

@@ -1,8 +1,8 @@
-"""Fine-tuning a pretrained GPT: what the three tasks share, and the `train.py` subcommands.
+"""Fine-tuning a pretrained GPT: what the three tasks share (the command line is gpt.finetune.cli).
 
-    python train.py classify --init runs/pretrain      # spam classifier (gpt.classify)
-    python train.py instruct --init runs/pretrain      # instruction following (gpt.instruct)
-    python train.py dpo --init runs/instruct-...       # preference tuning (gpt.dpo)
+    python train.py classify --init runs/pretrain      # spam classifier (gpt.finetune.classify)
+    python train.py instruct --init runs/pretrain      # instruction following (gpt.finetune.instruct)
+    python train.py dpo --init runs/instruct-...       # preference tuning (gpt.finetune.dpo)
 
 Pretraining reads an endless stream of text windows; fine-tuning reads a small set of *records*
 (an SMS and its label, an instruction and its answer, a prompt and two answers), a few epochs
@@ -10,13 +10,13 @@ over them. Each task module turns its records into batches and a loss; this modu
 rest, the same for all three:
 
 - `load_base`: the pretrained model and its tokenizer from a checkpoint directory;
-- `select_trainable` / `apply_lora` (gpt.lora): which parameters learn;
+- `select_trainable` / `apply_lora` (gpt.finetune.lora): which parameters learn;
 - `fit`: the loop (AdamW over the trainable parameters only, warmup + schedule, gradient
   clipping, an evaluation every `eval_interval` steps, metrics.jsonl, Ctrl-C to stop early and
-  still save). It reuses the pretraining loop's pieces (`gpt.trainer.step_rng`,
+  still save). It reuses the pretraining loop's pieces (`gpt.train.pretrain.step_rng`,
   `GracefulInterrupt`, `plot_metrics`) rather than copies of them;
-- `save_model`: LoRA adapters are merged into the weights (`gpt.lora.merge_lora`) and the
-  checkpoint is an ordinary GPT directory that `GPT.from_pretrained`, `chat.py` and
+- `save_model`: LoRA adapters are merged into the weights (`gpt.finetune.lora.merge_lora`) and the
+  checkpoint is an ordinary GPT directory that `gpt.load_pretrained`, `chat.py` and
   `python train.py --init` all open.
 
 A fine-tuning run directory holds settings.json, metrics.jsonl, loss.png, results.json (the
@@ -29,8 +29,6 @@ step s come from (seed, s). A run is thus a function of its settings.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import re
@@ -46,12 +44,12 @@ import autograd.random
 from autograd import Tensor, no_grad
 from autograd.nn import Module
 from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
-
-from .checkpoint import load_pretrained, load_tokenizer_from, resolve_checkpoint, save_checkpoint
-from .lora import LoRALinear, apply_lora, merge_lora
-from .model import GPT
-from .trainer import (DROPOUT, GracefulInterrupt, TrainingError, create_run_directory,
-                      plot_metrics, step_rng)
+from gpt.core.model import GPT
+from gpt.finetune.lora import LoRALinear, apply_lora, merge_lora
+from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, resolve_checkpoint,
+                               save_checkpoint)
+from gpt.train.pretrain import (DROPOUT, GracefulInterrupt, TrainingError, create_run_directory,
+                                plot_metrics, step_rng)
 
 TASKS = ("classify", "instruct", "dpo")
 METRICS_FILE = "metrics.jsonl"
@@ -426,117 +424,3 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "instruct": dict(data="instructions", epochs=2, lr=3e-4, eval_interval=50),
     "dpo": dict(data="instructions-preference", epochs=1, lr=5e-5, eval_interval=25),
 }
-
-
-def build_parser(task: str) -> argparse.ArgumentParser:
-    defaults = FinetuneSettings(task=task, init="", **TASK_DEFAULTS[task])
-    descriptions = {
-        "classify": "Fine-tune a pretrained GPT into a spam classifier (SMS Spam Collection): a "
-                    "2-way head on the hidden state of the last non-padding token.",
-        "instruct": "Instruction fine-tuning on Alpaca-style records "
-                    "(instruction/input/output), the book's prompt layout.",
-        "dpo": "Direct preference optimisation on records with chosen/rejected responses, "
-               "against a frozen copy of the starting model.",
-    }
-    p = argparse.ArgumentParser(prog=f"train.py {task}", description=descriptions[task],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--init", required=True,
-                   help="checkpoint or run directory to start from (pretrained with train.py, "
-                        "a Hugging Face GPT-2 directory, or for dpo an instruct run)")
-    p.add_argument("--data", default=defaults.data,
-                   help="named data set or a local file (" + {
-                       "classify": ".tsv lines 'ham|spam<TAB>text', or the UCI .zip",
-                       "instruct": "JSON list or JSONL of instruction/input/output records",
-                       "dpo": "JSON list or JSONL of records with instruction, input, chosen, "
-                              "rejected"}[task] + ")")
-    p.add_argument("--data-dir", default=None, help="download/cache directory")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=defaults.epochs,
-                     help="passes over the training records")
-    opt.add_argument("--max-iters", type=int, default=None,
-                     help="optimizer steps (overrides --epochs)")
-    opt.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                     help="records per step")
-    opt.add_argument("--lr", type=float, default=defaults.lr, help="(peak) learning rate")
-    opt.add_argument("--schedule", choices=("constant", "cosine"), default=defaults.schedule,
-                     help="learning rate after the warmup")
-    opt.add_argument("--min-lr", type=float, default=defaults.min_lr,
-                     help="end of the cosine schedule")
-    opt.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters,
-                     help="steps of linear learning-rate warmup")
-    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
-                     help="AdamW's decoupled weight decay (matrices only)")
-    opt.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
-                     help="clip the global gradient norm (0: off)")
-    opt.add_argument("--dropout", type=float, default=defaults.dropout,
-                     help="dropout rate of the model while fine-tuning")
-    opt.add_argument("--max-length", type=int, default=None,
-                     help="tokens per example; longer ones are cut (default: the model's "
-                          "context" + (", or the longest training message" if task == "classify"
-                                       else "") + ")")
-    lora = p.add_argument_group("LoRA")
-    lora.add_argument("--lora-rank", type=int, default=None,
-                      help="train rank-R LoRA adapters on every Linear of the blocks instead "
-                           "of the weights" + (" (with --trainable lora; default 16)"
-                                               if task == "classify" else ""))
-    lora.add_argument("--lora-alpha", type=float, default=None,
-                      help="LoRA scaling numerator: updates are scaled by alpha/rank "
-                           "(default: alpha = rank)")
-    if task == "classify":
-        p.add_argument("--trainable", default=defaults.trainable,
-                       help="what learns besides the new head: 'all', 'last-K' (the last K "
-                            "blocks and the final LayerNorm; the book trains last-1 of GPT-2), "
-                            "or 'lora'")
-    if task == "instruct":
-        p.add_argument("--mask-prompt", action="store_true",
-                       help="no loss on the prompt tokens, only on the response")
-    if task in ("instruct", "dpo"):
-        p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                       help="length limit of the test-split responses")
-        p.add_argument("--test-responses", type=int, default=None,
-                       help="answer only the first N test records (0: none; default all)")
-    if task == "dpo":
-        p.add_argument("--beta", type=float, default=defaults.beta,
-                       help="DPO's beta: the larger, the closer the policy stays to the "
-                            "reference")
-    run = p.add_argument_group("evaluation and output")
-    run.add_argument("--eval-interval", type=int, default=defaults.eval_interval,
-                     help="evaluate on train and validation batches every N steps")
-    run.add_argument("--eval-iters", type=int, default=defaults.eval_iters,
-                     help="batches per split in the periodic evaluations")
-    run.add_argument("--out-dir", default=defaults.out_dir, help="where run directories go")
-    run.add_argument("--run-name", default=None, help="default: task and time")
-    run.add_argument("--seed", type=int, default=defaults.seed,
-                     help="data split, batch order, new weights, dropout")
-    run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bars")
-    return p
-
-
-def settings_from_args(task: str, argv: Sequence[str]) -> FinetuneSettings:
-    args = vars(build_parser(task).parse_args(list(argv)))
-    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
-    settings = FinetuneSettings(task=task, **{k: v for k, v in args.items() if k in fields})
-    settings.validate()
-    return settings
-
-
-def run_task(settings: FinetuneSettings, log: Callable[[str], None] = print) -> dict:
-    """Run one fine-tuning task to the end; returns its results (also in results.json)."""
-    settings.validate()
-    if settings.task == "classify":
-        from .classify import run_classify
-        return run_classify(settings, log)
-    if settings.task == "instruct":
-        from .instruct import run_instruct
-        return run_instruct(settings, log)
-    from .dpo import run_dpo
-    return run_dpo(settings, log)
-
-
-def main(argv: Sequence[str]) -> int:
-    """`train.py <task> [options]`: argv[0] is the task name."""
-    if not argv or argv[0] not in TASKS:
-        raise TrainingError(f"expected a fine-tuning task ({', '.join(TASKS)}) first")
-    run_task(settings_from_args(argv[0], argv[1:]))
-    return 0

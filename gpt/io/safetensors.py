@@ -35,7 +35,8 @@ from typing import Mapping
 
 import numpy as np
 
-from gpt.files import atomic_write
+from gpt.errors import GPTError
+from gpt.io.files import atomic_write
 
 __all__ = [
     "DTYPES",
@@ -67,7 +68,7 @@ _MAX_HEADER = 100 * 1024 * 1024  # the reference reader's limit; a larger header
 _METADATA = "__metadata__"
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(GPTError, ValueError):
     """The file is not valid safetensors (or a tensor cannot be stored in it)."""
 
 

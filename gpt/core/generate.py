@@ -15,8 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from autograd import no_grad
-
-from .model import GPT
+from gpt.core.model import GPT
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A local chat server that speaks the OpenAI API, plus a one-page web chat. Standard library only.
 
-    GET  /                      the web chat (gpt/static/index.html)
+    GET  /                      the web chat (gpt/chat/static/index.html)
     GET  /v1/models             the one model this server holds
     POST /v1/completions        continue a prompt            {"prompt": "Once upon a time"}
     POST /v1/chat/completions   reply to a conversation      {"messages": [{"role": "user", ...}]}
@@ -31,8 +31,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from .chat import ChatEngine, ChatError, EngineBusy, Generation, PromptTooLong, check_messages
-from .generate import SamplingParams
+from gpt.chat.engine import (ChatEngine, ChatError, EngineBusy, Generation, PromptTooLong,
+                             check_messages)
+from gpt.core.generate import SamplingParams
 
 MAX_BODY_BYTES = 1 << 20          # 1 MiB: far more than any prompt that fits a context
 MAX_TOKENS_LIMIT = 4096           # per request; generation past the context re-prefills
@@ -528,7 +529,7 @@ _INDEX: bytes | None = None
 def _index_html() -> bytes:
     global _INDEX
     if _INDEX is None:
-        _INDEX = resources.files("gpt").joinpath("static/index.html").read_bytes()
+        _INDEX = resources.files("gpt.chat").joinpath("static/index.html").read_bytes()
     return _INDEX
 
 

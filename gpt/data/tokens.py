@@ -31,8 +31,8 @@ from typing import Iterator, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from gpt.datasets import cache_dir, load_text_splits
-from gpt.files import atomic_write
+from gpt.data.corpora import load_text_splits
+from gpt.io.files import atomic_write, cache_dir
 
 __all__ = [
     "TokenData",

@@ -22,11 +22,9 @@ import numpy as np
 
 from autograd import Tensor
 from autograd import functional as F
-from autograd.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList,
-                         init_skipped)
+from autograd.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, init_skipped
 from autograd.random import default_rng
-
-from .config import GPTConfig
+from gpt.core.config import GPTConfig
 
 
 class KVCache:
@@ -205,18 +203,6 @@ class GPT(Module):
         """
         hidden = self.forward(idx, return_hidden=True)
         return F.linear_cross_entropy(hidden, self.wte.weight, targets, ignore_index=ignore_index)
-
-    @classmethod
-    def from_pretrained(cls, path, **config_overrides) -> "GPT":
-        """Load a checkpoint directory: one `save_pretrained` or `train.py` wrote (a run
-        directory picks best/ or latest/), or a Hugging Face GPT-2 directory."""
-        from .checkpoint import load_pretrained
-        return load_pretrained(path, **config_overrides)
-
-    def save_pretrained(self, directory, tokenizer=None):
-        """Write config.json + model.safetensors (+ tokenizer files), Hugging Face's layout."""
-        from .checkpoint import save_pretrained
-        return save_pretrained(self, directory, tokenizer)
 
     def new_kv_cache(self, batch_size: int = 1, max_length: int | None = None) -> KVCache:
         return KVCache(self.config, batch_size, max_length, dtype=self.wte.weight.dtype)

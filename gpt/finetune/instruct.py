@@ -41,15 +41,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from autograd import functional as F
-
-from .chat import format_alpaca
-from .datasets import DATASETS, DataError, fetch
-from .finetune import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
-                       run_summary, save_model, split_by_fractions, start_run, write_results)
-from .generate import SamplingParams, generate
-from .model import GPT
+from gpt.chat.engine import format_alpaca
+from gpt.core.generate import SamplingParams, generate
+from gpt.core.model import GPT
+from gpt.data.corpora import DATASETS, DataError, fetch
+from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
+                                 run_summary, save_model, split_by_fractions, start_run,
+                                 write_results)
 
 RESPONSE_HEADER = "\n\n### Response:\n"
 # train, test, validation: the book's order and proportions
@@ -67,7 +68,7 @@ STOP_STRINGS = ("\n\n###", "\n###", "###")
 
 def format_prompt(entry: dict) -> str:
     """What the model reads before it answers: preamble, instruction, the input if there is
-    one, and the response header (the layout lives in `gpt.chat.format_alpaca`)."""
+    one, and the response header (the layout lives in `gpt.chat.engine.format_alpaca`)."""
     return format_alpaca(entry["instruction"], entry.get("input") or "")
 
 
@@ -223,7 +224,6 @@ def generate_response(model: GPT, tokenizer, entry: dict, max_new_tokens: int = 
 def write_test_responses(path: Path, model: GPT, tokenizer, entries: Sequence[dict],
                          max_new_tokens: int, progress: bool = True) -> list[dict]:
     """Answer each entry; write [{...record, "model_response": ...}] as JSON to `path`."""
-    from tqdm import tqdm
     out = []
     for entry in tqdm(entries, desc="answering test instructions", disable=not progress,
                       dynamic_ncols=True):

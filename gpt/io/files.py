@@ -7,6 +7,9 @@ Two things every writer of a file in this project needs:
   killed half-way) sees either the old file or the complete new one, never a torn half-file.
 - `sha256_file(path)`: the hex sha256 of a file, read in pieces so a multi-gigabyte file does
   not have to fit in memory.
+
+And where downloaded files live: `cache_dir()` (corpora, token caches, tokenizers) and
+`default_model_dir(name)` (checkpoints fetched with `python -m gpt.download NAME`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ import secrets
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["atomic_write", "sha256_file"]
+__all__ = ["CACHE_ENV", "DEFAULT_CACHE", "atomic_write", "cache_dir", "default_model_dir",
+           "sha256_file"]
+
+CACHE_ENV = "DU_DATA_DIR"
+DEFAULT_CACHE = Path("~/.cache/deep-understanding")
 
 
 @contextlib.contextmanager
@@ -58,3 +65,15 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The download cache: `data_dir` if given, else `$DU_DATA_DIR`, else ~/.cache/deep-understanding."""
+    if data_dir is None:
+        data_dir = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
+    return Path(data_dir).expanduser()
+
+
+def default_model_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where a downloaded model goes by default: `<cache>/models/<name>` (see `cache_dir`)."""
+    return cache_dir(data_dir) / "models" / name

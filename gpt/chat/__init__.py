@@ -1,0 +1,3 @@
+"""gpt.chat: talking to a model. `engine` (chat templates, the history that fits the context,
+the engine that streams replies), `server` (OpenAI-compatible HTTP API and the web page in
+static/), `cli` (chat.py). Imports gpt.data and below."""
