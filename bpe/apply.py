@@ -18,15 +18,26 @@ Two implementations give identical results:
 - `merge_long`: a heap of (merged id, position) over a linked list of symbols, O(n log n); used
   for long chunks (a long run of whitespace, or a text encoded with no split pattern), where the
   quadratic scan would crawl.
+
+Neither compares merged ids with the ids of the parts, only with each other, so a table whose
+values are any priorities (a tokenizer read from another project's files, see `bpe.pretrained`)
+works as long as the merged symbols are numbered in priority order.
+
+`encode_chunks` is the layer above: a text cut into chunks, each distinct chunk merged once and
+remembered, since running text repeats the same words again and again.
 """
 
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from itertools import repeat
+from itertools import chain, repeat
+from typing import Callable
 
 #: Chunks longer than this many byte tokens go to `merge_long`.
 LONG_CHUNK = 48
+
+#: Remembered chunk encodings; past this many the memo is emptied and starts again.
+CACHE_LIMIT = 1 << 18
 
 _NONE = 1 << 62  # "not a merge": larger than every merged id
 
@@ -34,6 +45,31 @@ _NONE = 1 << 62  # "not a merge": larger than every merged id
 def apply_merges(ids: list[int], merged_id: dict[tuple[int, int], int]) -> list[int]:
     """Encode a chunk given as byte-token ids; ``merged_id[(a, b)]`` is the id (a, b) merges into."""
     return merge_long(ids, merged_id) if len(ids) > LONG_CHUNK else merge_short(ids, merged_id)
+
+
+def encode_chunks(
+    chunks: list[str], memo: dict[str, list[int]], encode_chunk: Callable[[str], list[int]]
+) -> list[int]:
+    """The ids of a text cut into ``chunks``: each chunk's ids, concatenated.
+
+    ``encode_chunk`` is called once per chunk not yet in ``memo`` and its result remembered
+    there, so in running text most chunks cost one dictionary lookup.
+    """
+    missing = set(chunks).difference(memo)
+    if missing:
+        if len(memo) + len(missing) > CACHE_LIMIT:
+            memo.clear()
+            missing = set(chunks)
+        for chunk in missing:
+            memo[chunk] = encode_chunk(chunk)
+    # One C-level pass: look every chunk up and concatenate the results.
+    ids = list(chain.from_iterable(map(memo.__getitem__, chunks)))
+    for chunk in missing:
+        # Long chunks (a text with no split pattern is one) are rarely seen twice and would
+        # fill the memo; drop them.
+        if len(chunk) > LONG_CHUNK:
+            del memo[chunk]
+    return ids
 
 
 def merge_short(ids: list[int], merged_id: dict[tuple[int, int], int]) -> list[int]:
