@@ -5,9 +5,9 @@ import threading
 import _tiny_chat as tiny
 import pytest
 
-from gpt.chat.engine import (ALPACA_PREAMBLE, TEMPLATE_KEY, ChatEngine, ChatError, ChatSession,
-                             EngineBusy, PromptTooLong, chat_template_for, check_messages,
-                             format_alpaca, get_template, set_chat_template)
+from gpt.chat.engine import ChatEngine, ChatSession, EngineBusy, PromptTooLong
+from gpt.chat.templates import (ALPACA_PREAMBLE, TEMPLATE_KEY, ChatError, chat_template_for,
+                                check_messages, format_alpaca, get_template, set_chat_template)
 from gpt.core.generate import SamplingParams
 from gpt.io.checkpoint import CheckpointError, save_checkpoint, save_pretrained
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TextIO
 
 from autograd.parallel import limit_blas_threads
-from gpt.chat.engine import TEMPLATES, ChatEngine, ChatError, ChatSession
+from gpt.chat.engine import ChatEngine, ChatSession
 from gpt.chat.server import serve
+from gpt.chat.templates import TEMPLATES, ChatError
 from gpt.core.generate import SamplingParams
 from gpt.io.checkpoint import CheckpointError, latest_run, resolve_checkpoint
 

@@ -31,8 +31,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpt.chat.engine import (ChatEngine, ChatError, EngineBusy, Generation, PromptTooLong,
-                             check_messages)
+from gpt.chat.engine import ChatEngine, EngineBusy, Generation, PromptTooLong
+from gpt.chat.templates import ChatError, check_messages
 from gpt.core.generate import SamplingParams
 
 MAX_BODY_BYTES = 1 << 20          # 1 MiB: far more than any prompt that fits a context

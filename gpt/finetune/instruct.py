@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from autograd import functional as F
-from gpt.chat.engine import format_alpaca
+from gpt.chat.templates import format_alpaca
 from gpt.core.generate import SamplingParams, generate
 from gpt.core.model import GPT
 from gpt.data.corpora import DATASETS, DataError, fetch
@@ -68,7 +68,7 @@ STOP_STRINGS = ("\n\n###", "\n###", "###")
 
 def format_prompt(entry: dict) -> str:
     """What the model reads before it answers: preamble, instruction, the input if there is
-    one, and the response header (the layout lives in `gpt.chat.engine.format_alpaca`)."""
+    one, and the response header (the layout lives in `gpt.chat.templates.format_alpaca`)."""
     return format_alpaca(entry["instruction"], entry.get("input") or "")
 
 
