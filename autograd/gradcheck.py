@@ -147,7 +147,7 @@ def _attention_check(shape_q, shape_kv, is_causal: bool, dropout_p: float = 0.0)
         return fn, [_t(rng, *shape_q), _t(rng, *shape_kv), _t(rng, *shape_kv)]
     label = f"q{shape_q} kv{shape_kv}" + (" causal" if is_causal else "") + \
         (f" dropout={dropout_p}" if dropout_p else "")
-    return OpCheck("attention", label, build)
+    return OpCheck("scaled_dot_product_attention", label, build)
 
 
 def _cross_entropy_check(shape, reduction: str, ignore: bool) -> OpCheck:
@@ -251,8 +251,8 @@ OP_CHECKS: list[OpCheck] = [
                          [_t(rng, 2, 7)])),
     _unary("exp", lambda a: a.exp(), (3, 4)),
     _unary("log", lambda a: a.log(), (3, 4), low=0.5, high=2.0),
-    _unary("tanh", lambda a: a.tanh(), (3, 4)),
-    OpCheck("relu", "(3, 4)", lambda rng: ((lambda a: a.relu()), [_distinct(rng, 3, 4, shift=-0.55)])),
+    _unary("tanh", F.tanh, (3, 4)),
+    OpCheck("relu", "(3, 4)", lambda rng: (F.relu, [_distinct(rng, 3, 4, shift=-0.55)])),
     _unary("sqrt", lambda a: a.sqrt(), (3, 4), low=0.5, high=2.0),
     _unary("sigmoid", lambda a: a.sigmoid(), (3, 4)),
     OpCheck("linear", "x(5, 4) W(4, 3) b(3)",
@@ -282,6 +282,8 @@ OP_CHECKS: list[OpCheck] = [
             lambda rng: (F.layer_norm, [_t(rng, 2, 3, 8), _t(rng, 8), _t(rng, 8)])),
     OpCheck("layer_norm", "x(3, 5) w(5) no bias",
             lambda rng: ((lambda x, w: F.layer_norm(x, w, None)), [_t(rng, 3, 5), _t(rng, 5)])),
+    OpCheck("layer_norm", "x(3, 5) no weight, no bias",
+            lambda rng: ((lambda x: F.layer_norm(x, None, None)), [_t(rng, 3, 5)])),
     _unary("gelu", F.gelu, (3, 4)),
     _unary("gelu", F.gelu, (2, 3, 5), low=-4.0, high=4.0),
     _embedding_check(5, 3, (4,)),

@@ -1,5 +1,5 @@
-"""Forward + backward time of each fused op against the same computation composed from
-elementary ops (which the engine differentiates node by node).
+"""Forward + backward time of each fused op (autograd.functional) against the same computation
+composed from elementary ops (autograd.reference, which the engine differentiates node by node).
 
     python benchmarks/ops.py [--repeat N]
 
@@ -8,7 +8,6 @@ The composed versions are what you would write without fused ops; the ratio is w
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,45 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autograd import Tensor  # noqa: E402
 from autograd import functional as F  # noqa: E402
-
-
-# -- the same computations from elementary ops -------------------------------------------------
-
-def composed_softmax(x: Tensor) -> Tensor:
-    e = (x - Tensor(x.data.max(axis=-1, keepdims=True))).exp()
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def composed_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    t, s = q.shape[2], k.shape[2]
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = scores + Tensor(F.causal_bias(t, s, q.dtype))
-    return composed_softmax(scores) @ v
-
-
-def composed_layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
-    centred = x - x.mean(axis=-1, keepdims=True)
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    return centred / (var + eps).sqrt() * w + b
-
-
-def composed_cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
-    v = logits.shape[-1]
-    flat = logits.reshape(-1, v)
-    shifted = flat - Tensor(flat.data.max(axis=-1, keepdims=True))
-    log_probs = shifted - shifted.exp().sum(axis=-1, keepdims=True).log()
-    picked = log_probs[np.arange(flat.shape[0]), targets.reshape(-1)]
-    return -picked.mean()
-
-
-def composed_gelu(x: Tensor) -> Tensor:
-    c = math.sqrt(2 / math.pi)
-    return 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
-
-
-def composed_linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    return x @ w + b
-
+from autograd import reference as R  # noqa: E402
 
 # -- timing -------------------------------------------------------------------------------------
 
@@ -83,22 +44,22 @@ def cases(rng):
         qkv = [params(rng, b, h, t, d) for _ in range(3)]
         yield (f"attention B={b} H={h} T={t} D={d}",
                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-               composed_attention, qkv)
+               R.scaled_dot_product_attention, qkv)
     for n, c in ((12 * 64, 128), (8 * 1024, 768)):
         ln = [params(rng, n, c), params(rng, c), params(rng, c)]
-        yield f"layer_norm N={n} C={c}", F.layer_norm, composed_layer_norm, ln
+        yield f"layer_norm N={n} C={c}", F.layer_norm, R.layer_norm, ln
     for n, v in ((12 * 64, 65), (4 * 256, 4096), (4 * 256, 50257)):
         targets = rng.integers(0, v, size=n)
         yield (f"cross_entropy N={n} V={v}",
                lambda x, tg=targets: F.cross_entropy(x, tg),
-               lambda x, tg=targets: composed_cross_entropy(x, tg), [params(rng, n, v)])
+               lambda x, tg=targets: R.cross_entropy(x, tg), [params(rng, n, v)])
     for n, c in ((12 * 64, 512), (8 * 1024, 3072)):
-        yield f"gelu N={n} C={c}", F.gelu, composed_gelu, [params(rng, n, c)]
+        yield f"gelu N={n} C={c}", F.gelu, R.gelu, [params(rng, n, c)]
     for n, cin, cout in ((12 * 64, 128, 512), (8 * 1024, 768, 3072)):
         lin = [params(rng, n, cin), params(rng, cin, cout, scale=0.02), params(rng, cout)]
-        yield f"linear N={n} {cin}->{cout}", F.linear, composed_linear, lin
+        yield f"linear N={n} {cin}->{cout}", F.linear, R.linear, lin
     for n, c in ((12 * 64, 128), (8 * 1024, 384)):
-        yield (f"softmax N={n} C={c}", lambda x: F.softmax(x), composed_softmax,
+        yield (f"softmax N={n} C={c}", F.softmax, R.softmax,
                [params(rng, n, c)])
 
 

@@ -1,12 +1,19 @@
-"""Every op: a float64 gradient check, forward values against plain NumPy, dtypes, bad input."""
+"""Every op: a float64 gradient check, fused ops against their composed references, forward
+values against plain NumPy, dtypes, bad input."""
 import math
 
 import numpy as np
 import pytest
 
-from autograd import Tensor, concatenate, no_grad, stack
+from autograd import Tensor, concatenate, no_grad, reference, stack
 from autograd import functional as F
 from autograd.gradcheck import OP_CHECKS, gradcheck
+from autograd.ops import attention as attention_ops
+from autograd.ops.attention import attention_backward, attention_blocks, attention_forward
+from autograd.ops.layer_norm import layer_norm_backward, layer_norm_forward
+from autograd.ops.linear import linear_backward, linear_forward
+from autograd.ops.softmax import linear_cross_entropy_backward, linear_cross_entropy_forward
+from autograd.ops.sums import col_sums, row_means, row_sums
 
 
 @pytest.mark.parametrize("check", OP_CHECKS, ids=[f"{c.op}:{c.shapes}" for c in OP_CHECKS])
@@ -15,6 +22,10 @@ def test_gradcheck(check):
     result = gradcheck(fn, inputs)
     assert result.passed, f"{check.op} {check.shapes}: abs {result.max_abs_error:.2e} " \
                           f"rel {result.max_rel_error:.2e}"
+
+
+def test_gradcheck_table_lists_every_functional_op():
+    assert set(F.__all__) - {"causal_bias"} <= {c.op for c in OP_CHECKS}
 
 
 def test_gradcheck_catches_a_wrong_backward():
@@ -27,6 +38,148 @@ def test_gradcheck_catches_a_wrong_backward():
 def test_gradcheck_rejects_float32():
     with pytest.raises(ValueError, match="float64"):
         gradcheck(lambda x: x * 2, [Tensor(np.ones(3, np.float32), requires_grad=True)])
+
+
+# -- every fused op against its composed reference (autograd.reference), float64 -----------
+
+
+class RefCase:
+    """One fused op call: F.<op> and reference.<op> on equal float64 inputs.
+
+    `inputs(rng)` gives the positional arguments (Tensors, arrays of ids, None); `kwargs()` a
+    fresh dict for each call (a dropout generator must start from the same seed twice)."""
+
+    def __init__(self, op: str, label: str, inputs, kwargs=dict):
+        self.op, self.label, self.inputs, self.kwargs = op, label, inputs, kwargs
+
+
+def _x(*shape, grad: bool = True, scale: float = 1.0):
+    return lambda r: Tensor(r.standard_normal(shape) * scale, requires_grad=grad)
+
+
+def _args(*makers):
+    return lambda r: [m(r) if callable(m) else m for m in makers]
+
+
+_ids = np.array([[1, 1, 4], [1, 0, 4]])
+_targets = np.array([[0, 5, -100, 2], [6, 6, 1, -100]])
+
+REF_CASES = [
+    RefCase("linear", "x W b", _args(_x(2, 5, 4), _x(4, 3), _x(3))),
+    RefCase("linear", "no bias", _args(_x(2, 5, 4), _x(4, 3), None)),
+    RefCase("linear", "frozen weight", _args(_x(6, 4), _x(4, 3, grad=False), _x(3))),
+    RefCase("softmax", "axis -1", _args(_x(3, 7, scale=3.0))),
+    RefCase("softmax", "axis 0", _args(_x(3, 7)), lambda: dict(axis=0)),
+    RefCase("log_softmax", "axis -1", _args(_x(3, 7, scale=3.0))),
+    RefCase("log_softmax", "axis 1", _args(_x(2, 3, 4)), lambda: dict(axis=1)),
+    RefCase("cross_entropy", "mean ignore_index", _args(_x(2, 4, 7), _targets)),
+    RefCase("cross_entropy", "sum", _args(_x(2, 4, 7), _targets), lambda: dict(reduction="sum")),
+    RefCase("cross_entropy", "none", _args(_x(2, 4, 7), _targets), lambda: dict(reduction="none")),
+    RefCase("linear_cross_entropy", "mean ignore_index", _args(_x(2, 4, 5), _x(7, 5), _targets)),
+    RefCase("linear_cross_entropy", "none, frozen weight",
+            _args(_x(2, 4, 5), _x(7, 5, grad=False), _targets), lambda: dict(reduction="none")),
+    RefCase("layer_norm", "w b", _args(_x(2, 3, 8, scale=3.0), _x(8), _x(8))),
+    RefCase("layer_norm", "no weight, no bias", _args(_x(4, 6), None, None)),
+    RefCase("layer_norm", "w only, frozen x", _args(_x(4, 6, grad=False), _x(6), None)),
+    RefCase("layer_norm", "eps 0.1, frozen w", _args(_x(4, 6), _x(6, grad=False), _x(6)),
+            lambda: dict(eps=0.1)),
+    RefCase("gelu", "(4, 50) wide", _args(_x(4, 50, scale=4.0))),
+    RefCase("embedding", "repeated ids", _args(_ids, _x(5, 3))),
+    RefCase("dropout", "p=0.3", _args(_x(6, 9)), lambda: dict(p=0.3, rng=np.random.default_rng(7))),
+    RefCase("dropout", "not training", _args(_x(6, 9)), lambda: dict(p=0.3, training=False)),
+    RefCase("scaled_dot_product_attention", "causal T=S",
+            _args(_x(2, 3, 6, 4), _x(2, 3, 6, 4), _x(2, 3, 6, 4))),
+    RefCase("scaled_dot_product_attention", "causal T<S, frozen q",
+            _args(_x(2, 3, 2, 4, grad=False), _x(2, 3, 7, 4), _x(2, 3, 7, 4))),
+    RefCase("scaled_dot_product_attention", "not causal, frozen v",
+            _args(_x(1, 2, 5, 4), _x(1, 2, 3, 4), _x(1, 2, 3, 4, grad=False)),
+            lambda: dict(is_causal=False)),
+    RefCase("scaled_dot_product_attention", "causal dropout",
+            _args(_x(2, 2, 5, 4), _x(2, 2, 5, 4), _x(2, 2, 5, 4)),
+            lambda: dict(dropout_p=0.25, rng=np.random.default_rng(11))),
+    RefCase("multi_head_attention", "H=3", _args(_x(2, 5, 18), 3)),
+    RefCase("multi_head_attention", "H=2 dropout", _args(_x(2, 5, 12), 2),
+            lambda: dict(dropout_p=0.2, rng=np.random.default_rng(5))),
+    RefCase("relu", "(3, 4)", _args(_x(3, 4))),
+    RefCase("tanh", "(3, 4)", _args(_x(3, 4, scale=2.0))),
+]
+
+
+def _fused_and_reference(case: RefCase, seed: int = 0):
+    """(output, gradients) of F.<op> and of reference.<op> for the same inputs and seed."""
+    results = []
+    for module in (F, reference):
+        args = case.inputs(np.random.default_rng(seed))
+        out = getattr(module, case.op)(*args, **case.kwargs())
+        d_out = np.random.default_rng(seed + 1).standard_normal(out.shape)
+        out.backward(d_out)
+        results.append((out.data, [a.grad for a in args if isinstance(a, Tensor)],
+                        [a.requires_grad for a in args if isinstance(a, Tensor)]))
+    return results
+
+
+def test_every_fused_op_has_a_reference_and_a_case():
+    ops = set(F.__all__) - {"causal_bias"}
+    assert ops == {c.op for c in REF_CASES}
+    assert ops <= set(reference.__all__)
+
+
+@pytest.mark.parametrize("case", REF_CASES, ids=[f"{c.op}:{c.label}" for c in REF_CASES])
+def test_fused_op_matches_reference(case):
+    (out, grads, needs), (ref_out, ref_grads, _) = _fused_and_reference(case)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+    for grad, ref_grad, need in zip(grads, ref_grads, needs):
+        if need:
+            np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+        else:
+            assert grad is None
+
+
+@pytest.mark.parametrize("t,s", [(9, 9), (5, 11)])
+def test_attention_in_query_blocks_matches_reference(monkeypatch, t, s):
+    monkeypatch.setattr(attention_ops, "ATTENTION_QUERY_BLOCK", 2)
+    case = RefCase("scaled_dot_product_attention", "blocks",
+                   _args(_x(2, 2, t, 4), _x(2, 2, s, 4), _x(2, 2, s, 4)),
+                   lambda: dict(dropout_p=0.2, rng=np.random.default_rng(3)))
+    (out, grads, _), (ref_out, ref_grads, _) = _fused_and_reference(case)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+    for grad, ref_grad in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+# -- a backward skips (returns None for) every input that needs no gradient ------------------
+
+
+def test_backwards_skip_the_gradients_not_needed():
+    r = np.random.default_rng(0)
+    x, w, b = r.standard_normal((6, 4)), r.standard_normal((4, 3)), r.standard_normal(3)
+    y, saved = linear_forward(x, w, b)
+    d_x, d_w, d_b = linear_backward(np.ones_like(y), saved, False, True, False)
+    assert d_x is None and d_b is None and d_w.shape == w.shape
+
+    y, saved = layer_norm_forward(x, w[:, 0], None, 1e-5)
+    assert layer_norm_backward(np.ones_like(y), saved, False, False, False) == (None, None, None)
+    d_x, d_w, d_b = layer_norm_backward(np.ones_like(y), saved, True, False, False)
+    assert d_w is None and d_b is None and d_x.shape == x.shape
+
+    loss, saved = linear_cross_entropy_forward(x, r.standard_normal((5, 4)),
+                                               np.array([0, 1, 2, 3, 4, 0]), -100, "mean")
+    d_x, d_w = linear_cross_entropy_backward(np.ones_like(loss), saved, True, False)
+    assert d_w is None and d_x.shape == x.shape
+
+    q, k, v = (r.standard_normal((1, 2, 3, 4)) for _ in range(3))
+    out, saved = attention_forward(q, k, v, True, 0.0, None)
+    d_q, d_k, d_v = attention_backward(np.ones_like(out), saved, False, False, True)
+    assert d_q is None and d_k is None and d_v.shape == v.shape
+
+
+def test_row_and_column_sums_are_sums():
+    a = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    np.testing.assert_allclose(row_sums(a), a.sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(col_sums(a), a.sum(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(row_means(a), a.mean(axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(row_sums(a.reshape(7, 1, 5)), a.sum(axis=1)[:, None], rtol=1e-5)
+    assert row_sums(a).dtype == np.float32
 
 
 # -- forward values against independent NumPy formulas ---------------------------------------
@@ -135,8 +288,8 @@ def test_attention_prefix_does_not_see_the_future():
 def test_causal_attention_in_query_blocks(monkeypatch, t, s, dropout):
     """Blocks of 2 queries (the default is 64): the blocked forward equals the reference, and
     its backward passes a float64 gradient check (rows and key columns split unevenly)."""
-    monkeypatch.setattr(F, "ATTENTION_QUERY_BLOCK", 2)
-    assert len(F._attention_blocks(t, s, True)) == math.ceil(t / 2)
+    monkeypatch.setattr(attention_ops, "ATTENTION_QUERY_BLOCK", 2)
+    assert len(attention_blocks(t, s, True)) == math.ceil(t / 2)
     q, k, v = (rng.standard_normal((2, 3, n, 4)) for n in (t, s, s))
     if dropout == 0.0:
         out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v))
@@ -152,7 +305,7 @@ def test_causal_attention_in_query_blocks(monkeypatch, t, s, dropout):
 def test_multi_head_attention_in_query_blocks(monkeypatch):
     qkv = Tensor(rng.standard_normal((2, 9, 12)), requires_grad=True)
     whole = F.multi_head_attention(qkv, 2).data
-    monkeypatch.setattr(F, "ATTENTION_QUERY_BLOCK", 4)
+    monkeypatch.setattr(attention_ops, "ATTENTION_QUERY_BLOCK", 4)
     np.testing.assert_allclose(F.multi_head_attention(qkv, 2).data, whole, rtol=1e-12)
     assert gradcheck(lambda x: F.multi_head_attention(x, 2), [qkv]).passed
 
