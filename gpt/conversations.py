@@ -98,7 +98,7 @@ PLACES: dict[str, str] = {
     "store": "at the store", "shop": "in a shop", "woods": "in the woods", "hill": "on a hill",
     "mountain": "on a mountain", "village": "in a village", "yard": "in the yard",
     "backyard": "in the backyard", "cave": "in a cave", "island": "on an island",
-    "meadow": "in a meadow", "field": "in a field", "sky": "in the sky", "space": "in space",
+    "meadow": "in a meadow", "field": "in a field",
 }
 
 VERBS = frozenset("""
@@ -115,6 +115,9 @@ ADJECTIVES = frozenset("""
     scared red blue green yellow pink purple brown black white golden silver big small
     little old new special fancy messy noisy tall
 """.split())
+
+# Words of the lists above that a fifth or more of TinyStories use: a request for them says little
+COMMON_WORDS = frozenset("big play little look smile help try new excited hug walk".split())
 
 # Adjectives that may describe a thing in a request ("a red ball")
 THING_ADJECTIVES = frozenset("""
@@ -136,23 +139,33 @@ NOT_NAMES = frozenset("""
 WORD_RE = re.compile(r"[A-Za-z]+")
 
 
+def _third_person(word: str) -> str:
+    """The -s form of a noun or verb: balls, boxes, puppies, plays."""
+    if re.search(r"(?:s|sh|ch|x|z)$", word):
+        return word + "es"
+    if re.search(r"[^aeiou]y$", word):
+        return word[:-1] + "ies"
+    return word + "s"
+
+
 def _noun_forms(noun: str) -> set[str]:
-    forms = {noun, noun + "s", noun + "es"}
-    if noun.endswith("y"):
-        forms.add(noun[:-1] + "ies")
+    forms = {noun, _third_person(noun)}
     if noun.endswith("f"):
         forms.add(noun[:-1] + "ves")        # leaf -> leaves
     return forms
 
 
 def _verb_forms(verb: str) -> set[str]:
-    forms = {verb, verb + "s", verb + "es", verb + "ed", verb + "d", verb + "ing"}
-    forms |= {verb + verb[-1] + "ed", verb + verb[-1] + "ing"}    # hop -> hopped, hopping
-    if verb.endswith("e"):
-        forms.add(verb[:-1] + "ing")        # dance -> dancing
-    if verb.endswith("y"):
-        forms |= {verb[:-1] + "ies", verb[:-1] + "ied"}           # cry -> cries, cried
-    return forms
+    """The regular forms: base, -s, past and -ing (irregular pasts such as "ran" are not here,
+    so such a verb counts only in its regular forms, the same way in story and reply)."""
+    if re.fullmatch(r"[^aeiou]*[aeiou][^aeiouwxy]", verb):      # hop -> hopped, hopping
+        stem = verb + verb[-1]
+        return {verb, verb + "s", stem + "ed", stem + "ing"}
+    if verb.endswith("e"):                                     # dance -> danced, dancing
+        return {verb, verb + "s", verb + "d", verb[:-1] + "ing"}
+    if re.search(r"[^aeiou]y$", verb):                         # cry -> cries, cried, crying
+        return {verb, verb[:-1] + "ies", verb[:-1] + "ied", verb + "ing"}
+    return {verb, _third_person(verb), verb + "ed", verb + "ing"}
 
 
 @lru_cache(maxsize=4096)
@@ -181,6 +194,7 @@ def mentions_name(text: str, name: str) -> bool:
 # Moods and endings: one keyword rule each, used both to find and to check
 
 # How a request names each mood: as an adjective of "story" (or None) and as clauses after it
+# (each mood has a clause that does not start with "about", for requests that name a subject)
 MOODS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "happy_ending": ("happy", ("with a happy ending", "that ends happily")),
     "sad_ending": ("sad", ("with a sad ending", "that ends sadly")),
@@ -188,7 +202,7 @@ MOODS: dict[str, tuple[str | None, tuple[str, ...]]] = {
                        "about friendship")),
     "sorry": (None, ("where someone says sorry", "about saying sorry")),
     "lesson": (None, ("with a lesson", "where someone learns something")),
-    "sharing": (None, ("about sharing",)),
+    "sharing": (None, ("about sharing", "where someone shares")),
     "helping": (None, ("about helping others", "where someone helps")),
     "talking": (None, ("where the characters talk", "with some talking in it")),
 }
@@ -455,10 +469,13 @@ def _describe_thing(thing: Thing, rng: random.Random, request: _Request) -> str:
     return _article(thing.noun)
 
 
-def _pick_words(facts: StoryFacts, rng: random.Random) -> list[str]:
-    """One to three words, one of each kind when the story has it (noun, verb, adjective)."""
-    groups = [[w for w in facts.words if w in THINGS], [w for w in facts.words if w in VERBS],
-              [w for w in facts.words if w in ADJECTIVES and w not in VERBS]]
+def _pick_words(facts: StoryFacts, rng: random.Random, taken: Sequence[str] = ()) -> list[str]:
+    """One to three words, one of each kind when the story has it (noun, verb, adjective),
+    preferring words that are not in half the stories anyway (`COMMON_WORDS`)."""
+    free = [w for w in facts.words if w not in taken]         # not "a tree ... Words: tree"
+    rare = [w for w in free if w not in COMMON_WORDS] or free
+    groups = [[w for w in rare if w in THINGS], [w for w in rare if w in VERBS],
+              [w for w in rare if w in ADJECTIVES and w not in VERBS]]
     chosen = [rng.choice(group) for group in groups if group]
     rng.shuffle(chosen)
     return chosen[:rng.randint(1, 3)]
@@ -496,7 +513,7 @@ def _fill_request(facts: StoryFacts, rng: random.Random) -> _Request:
         request.mood = rng.choice(facts.moods)
         request.moods.append(request.mood)
     if focus == "words" or (facts.words and rng.random() < 0.15):
-        request.words = _pick_words(facts, rng)
+        request.words = _pick_words(facts, rng, taken=request.fact_words + request.kinds)
     return request
 
 
@@ -520,61 +537,69 @@ FOLLOW_UPS = (
 # Openers without a subject, for requests of words or a mood only
 STORY_ONLY = (
     "Tell me {story}.", "Can you tell me {story}?", "I want {story}.", "Please write {story}.",
-    "{Story}, please.", "Could you tell me {story}?", "Make up {story} for me.",
+    "{Story}, please.", "Could you tell me {story}?", "I would love {story}.",
 )
 FOLLOW_UPS_STORY_ONLY = ("Once more, but {story}.", "Another one, please: {story}.",
-                         "Now tell me {story}.", "One more, {story} this time.")
+                         "Now tell me {story}.", "One more, please: {story}.",
+                         "And now {story}?")
 PLAIN_REQUESTS = ("Tell me a story.", "Can you tell me a story?", "I want a story.",
                   "Please tell me a story!", "Story time!", "Tell me a bedtime story.",
                   "Do you know any stories?", "Write a story.", "tell me a story")
 PLAIN_FOLLOW_UPS = ("Tell me another one.", "Another one, please!", "One more!",
                     "Can you tell me one more story?", "Again, a different one.")
-WORDS_PHRASES = (
-    " with the words {words}", " that uses the words {words}", " with the words {quoted}",
-    " that has the words {words} in it",
-)
-WORDS_SENTENCES = (" Use the words {words}.", " Please use the words {quoted}.",
-                   " Put the words {words} in it.", " It should have the words {words}.")
+# {the_words} is "the word ball" or "the words ball, jump and red" (plain or in quotes)
+WORDS_PHRASES = (" with {the_words}", " that uses {the_words}", " that has {the_words} in it",
+                 " using {the_words}")
+WORDS_SENTENCES = (" Use {the_words}.", " Please use {the_words}.", " Put {the_words} in it.",
+                   " It should have {the_words}.", " Words: {list}.")
+
+
+def _words_values(words: Sequence[str], rng: random.Random) -> dict[str, str]:
+    shown = [f'"{w}"' for w in words] if rng.random() < 0.3 else list(words)
+    noun = "the word " if len(words) == 1 else "the words "
+    return {"the_words": noun + _join(shown), "list": ", ".join(words)}
 
 
 def _phrase_request(request: _Request, rng: random.Random, follow_up: bool) -> tuple[str, str]:
     """Put a filled request into words; returns (text, template id)."""
-    adjective, clauses = MOODS[request.mood] if request.mood else (None, ())
-    story = "a story"
-    mood_clause = ""
+    if not (request.subjects or request.mood or request.words or request.place):
+        plain = PLAIN_FOLLOW_UPS if follow_up else PLAIN_REQUESTS
+        index = rng.randrange(len(plain))
+        return plain[index], ("plain_follow_up" if follow_up else "plain") + f"/{index}"
+    story, mood_clause = "a story", ""
     if request.mood:
+        adjective, clauses = MOODS[request.mood]
         if adjective and rng.random() < 0.5:
             story = _article(f"{adjective} story")
         else:
+            if request.subjects:        # not "a story about Lily about sharing"
+                clauses = tuple(c for c in clauses if not c.startswith("about "))
             mood_clause = " " + rng.choice(clauses)
-    words_text = words_sentence = ""
+    words_inline = words_sentence = ""
     if request.words:
-        values = {"words": _join(request.words), "quoted": _join([f'"{w}"' for w in request.words])}
-        if rng.random() < 0.6:
-            words_text = rng.choice(WORDS_PHRASES).format(**values)
+        values = _words_values(request.words, rng)
+        # a follow-up without a subject needs the words inside it ("Once more, but a story ...")
+        if rng.random() < 0.6 or (follow_up and not request.subjects):
+            words_inline = rng.choice(WORDS_PHRASES).format(**values)
         else:
             words_sentence = rng.choice(WORDS_SENTENCES).format(**values)
     if request.subjects:
+        templates, name = (FOLLOW_UPS, "follow_up") if follow_up else (OPENERS, "about")
         about = _join(request.subjects) + (" " + request.place if request.place else "")
-        template_index = rng.randrange(len(FOLLOW_UPS if follow_up else OPENERS))
-        template = (FOLLOW_UPS if follow_up else OPENERS)[template_index]
-        kind = ("follow_up" if follow_up else "about") + f"/{template_index}"
-        about += mood_clause + words_text
-    elif request.mood or request.words or request.place:
-        template_index = rng.randrange(len(FOLLOW_UPS_STORY_ONLY if follow_up else STORY_ONLY))
-        template = (FOLLOW_UPS_STORY_ONLY if follow_up else STORY_ONLY)[template_index]
-        kind = ("follow_up_story" if follow_up else "story") + f"/{template_index}"
+        about += mood_clause + words_inline
+    else:
+        templates, name = ((FOLLOW_UPS_STORY_ONLY, "follow_up_story") if follow_up
+                           else (STORY_ONLY, "story"))
+        about = ""
         if request.place:           # "a story set in the park", not "tell me ... in the park"
             story += rng.choice([" set ", " that happens ", " that takes place "]) + request.place
-        story += mood_clause + words_text
-        about = ""
-    else:
-        plain = PLAIN_FOLLOW_UPS if follow_up else PLAIN_REQUESTS
-        template_index = rng.randrange(len(plain))
-        return plain[template_index], ("plain_follow_up" if follow_up else "plain") + f"/{template_index}"
-    text = template.format(story=story, Story=story[0].upper() + story[1:], about=about)
+        story += mood_clause + words_inline
+    index = rng.randrange(len(templates))
+    text = templates[index].format(story=story, Story=story[0].upper() + story[1:], about=about)
     text += words_sentence
-    return text[0].upper() + text[1:] if rng.random() < 0.9 else text, kind
+    if rng.random() < 0.1:          # people do not always capitalise
+        text = text[0].lower() + text[1:]
+    return text, f"{name}/{index}"
 
 
 def make_request(facts: StoryFacts, rng: random.Random, follow_up: bool = False
@@ -622,7 +647,7 @@ SMALL_TALK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("Thank you!", "Thanks!", "That was nice, thank you.", "I loved it!", "Thank you so much!",
          "Great story!"),
         ("You are welcome! I am happy you liked it.",
-         "Thank you! Do you want to hear another one?",
+         "You are welcome! Do you want to hear another one?",
          "I am glad you liked it. I have many more stories.",
          "You are welcome! Come back for another story soon."),
     ),
