@@ -27,7 +27,7 @@ from autograd.ops.rms_norm import rms_norm
 from autograd.ops.rope import (RopeConfigError, rope, rope_backward, rope_forward,
                                rope_frequencies, rope_tables)
 from autograd.ops.softcap import softcap
-from autograd.ops.swiglu import swiglu, swiglu_packed
+from autograd.ops.swiglu import swiglu
 from gpt.io.safetensors import load_file
 
 
@@ -287,14 +287,18 @@ def test_swiglu_survives_very_negative_gates_in_float32():
     out.sum().backward()
 
 
-def test_swiglu_packed_is_swiglu_of_the_two_halves():
-    rng = np.random.default_rng(15)
-    _check(swiglu_packed, _t64(rng, 2, 3, 8))
-    ab = rng.standard_normal((2, 3, 10))
-    np.testing.assert_array_equal(swiglu_packed(Tensor(ab)).data,
-                                  swiglu(Tensor(ab[..., :5]), Tensor(ab[..., 5:])).data)
-    with pytest.raises(ValueError, match="swiglu_packed: last axis"):
-        swiglu_packed(Tensor(np.zeros((2, 5))))
+def test_swiglu_over_several_slices_and_on_views():
+    """More elements than one slice of the chunked loops, gate and up as views of one array."""
+    rng = np.random.default_rng(20)
+    packed = Tensor(rng.standard_normal((300, 2 * 250)), requires_grad=True)   # 75,000 each
+    result = gradcheck(lambda p: swiglu(p[:, :250], p[:, 250:]), [packed], max_elements=60)
+    assert result.passed, result
+    a, b = packed.data[:, :250], packed.data[:, 250:]
+    np.testing.assert_allclose(swiglu(Tensor(a), Tensor(b)).data, a / (1 + np.exp(-a)) * b,
+                               rtol=1e-12)
+
+
+def test_swiglu_rejects_different_shapes():
     with pytest.raises(ValueError, match="swiglu: gate and up must have the same shape"):
         swiglu(Tensor(np.zeros((2, 5))), Tensor(np.zeros((2, 4))))
 
@@ -309,6 +313,26 @@ def test_softcap():
     assert np.abs(out32.data).max() <= 15.0
     with pytest.raises(ValueError, match="softcap: cap must be a positive number"):
         softcap(Tensor(x), 0.0)
+
+
+X_SHAPE = (2, 3, 4, 8)
+
+
+@pytest.mark.parametrize("op,shapes", [
+    (rms_norm, [X_SHAPE, (8,)]), (rms_norm, [X_SHAPE]), (lambda x: rope(x, 3), [X_SHAPE]),
+    (relu_squared, [X_SHAPE]), (swiglu, [X_SHAPE, X_SHAPE]),
+    (lambda x: softcap(x, 3.0), [X_SHAPE]), (lambda x: repeat_kv(x, 2), [X_SHAPE]),
+], ids=["rms_norm", "rms_norm_no_weight", "rope", "relu_squared", "swiglu", "softcap",
+        "repeat_kv"])
+def test_float32_in_float32_out_and_float32_gradients(op, shapes):
+    rng = np.random.default_rng(21)
+    inputs = [Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+              for shape in shapes]
+    out = op(*inputs)
+    assert out.dtype == np.float32
+    out.sum().backward()                        # a read-only, broadcast gradient arrives
+    for t in inputs:
+        assert t.grad.dtype == np.float32 and t.grad.shape == t.shape
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""Grouped-query attention (GQA): several query heads share one key/value head.
+"""repeat_kv and grouped_query_attention: several query heads share one key/value head (GQA).
 
 Llama 3 and Qwen3 have fewer key/value heads (H_kv) than query heads (H): each kv head serves
-n_rep = H / H_kv consecutive query heads. That shrinks the projections for k and v and, more
-importantly for generation, the KV cache, by the factor n_rep.
+n_rep = H / H_kv consecutive query heads. That shrinks the k and v projections and, what
+matters most for generation, the KV cache, by the factor n_rep.
 
-`repeat_kv` makes ordinary multi-head attention do GQA: it copies each kv head n_rep times
-so that query head h meets kv head h // n_rep (the order of Hugging Face's `repeat_kv`:
-kv head j serves query heads j*n_rep .. j*n_rep + n_rep - 1).
+`repeat_kv` lets ordinary multi-head attention do GQA: it copies each kv head n_rep times, so
+that query head h meets kv head h // n_rep (Hugging Face's order: kv head j serves query heads
+j*n_rep .. j*n_rep + n_rep - 1).
 
 Shapes: B batch, H query heads, H_kv key/value heads, T queries, S keys, D head size.
 """
@@ -14,49 +14,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
 from ..tensor import Tensor
+from .attention import scaled_dot_product_attention
+from .graph import record
 
 
 def repeat_kv_forward(x: np.ndarray, n_rep: int) -> np.ndarray:
-    """(B, H_kv, S, D) -> (B, H_kv * n_rep, S, D), head j copied to heads j*n_rep .. +n_rep-1."""
+    """(B, H_kv, S, D) -> (B, H_kv * n_rep, S, D): out[:, j*n_rep + r] = x[:, j], r < n_rep."""
     return np.repeat(x, n_rep, axis=1)
 
 
-def repeat_kv_backward(g: np.ndarray, n_rep: int) -> np.ndarray:
-    """(B, H_kv * n_rep, S, D) -> (B, H_kv, S, D): each kv head's gradient summed over the
-    n_rep query heads it was copied to (derivation in `repeat_kv`)."""
-    batch, heads, length, head_dim = g.shape
-    return g.reshape(batch, heads // n_rep, n_rep, length, head_dim).sum(axis=2)
+def repeat_kv_backward(d_out: np.ndarray, n_rep: int) -> np.ndarray:
+    """dL/dx (B, H_kv, S, D) from g = dL/dout (B, H_kv * n_rep, S, D).
+
+    Every output head j*n_rep + r is a copy of input head j, so x_j reaches the loss along
+    n_rep paths and its gradient is their sum (the rule for any value used several times):
+        dL/dx[:, j] = sum_r g[:, j*n_rep + r]
+    In NumPy: view g as (B, H_kv, n_rep, S, D) and sum over the n_rep axis.
+    """
+    batch, heads, length, head_dim = d_out.shape
+    return d_out.reshape(batch, heads // n_rep, n_rep, length, head_dim).sum(axis=2)
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     """Each of the H_kv heads of x (B, H_kv, S, D) repeated n_rep times: (B, H_kv*n_rep, S, D).
-
-    out[:, j*n_rep + r] = x[:, j] for r = 0 .. n_rep-1. Every output head is a copy of one
-    input head, so x_j reaches the loss through n_rep paths and its gradient is their sum:
-        dL/dx[:, j] = sum_r g[:, j*n_rep + r]
-    (the rule for any value used several times; here a reshape to (B, H_kv, n_rep, S, D) and
-    a sum over the n_rep axis). n_rep = 1 returns x itself.
-    """
+    n_rep = 1 returns x itself. The math: `repeat_kv_forward`, `repeat_kv_backward`."""
     if isinstance(n_rep, bool) or not isinstance(n_rep, (int, np.integer)) or n_rep < 1:
         raise ValueError(f"repeat_kv: n_rep must be a positive integer, got {n_rep!r}")
     if x.ndim != 4:
         raise ValueError(f"repeat_kv: input must be (B, H_kv, S, D), got shape {x.shape}")
     if n_rep == 1:
         return x
-    return Tensor._make(repeat_kv_forward(x.data, n_rep), (x,),
-                        lambda g: (repeat_kv_backward(g, n_rep),), "repeat_kv")
+    return record(repeat_kv_forward(x.data, n_rep), (x,),
+                  lambda d_out: (repeat_kv_backward(d_out, n_rep),), "repeat_kv")
 
 
 def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,
                             dropout_p: float = 0.0,
                             rng: np.random.Generator | None = None) -> Tensor:
-    """Attention with q (B, H, T, D) and fewer key/value heads k, v (B, H_kv, S, D): (B, H, T, D).
+    """Attention of q (B, H, T, D) over fewer key/value heads k, v (B, H_kv, S, D): (B, H, T, D).
 
-    Query head h attends with kv head h // (H / H_kv). Built from `repeat_kv` and
-    `scaled_dot_product_attention`, so the gradient of each kv head is the sum over the query
-    heads that share it. With a KV cache (T < S) the queries are the last T positions, as in
+    Query head h attends with kv head h // (H / H_kv). Composed of `repeat_kv` and
+    `scaled_dot_product_attention`, so each kv head's gradient is the sum over the query heads
+    that share it. With a KV cache (T < S) the queries are the last T positions, as in
     `scaled_dot_product_attention`.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -68,5 +68,5 @@ def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = T
         raise ValueError(f"grouped_query_attention: {n_heads} query heads cannot be shared out "
                          f"evenly over {n_kv_heads} key/value heads")
     n_rep = n_heads // n_kv_heads
-    return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
-                                          is_causal=is_causal, dropout_p=dropout_p, rng=rng)
+    return scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
+                                        is_causal=is_causal, dropout_p=dropout_p, rng=rng)

@@ -1,4 +1,4 @@
-"""Rotary position embeddings (RoPE), in the rotate-half form of Llama and Qwen3.
+"""rope: rotary position embeddings, in the rotate-half form of Llama and Qwen3.
 
 Instead of adding a position vector to the token embedding, RoPE rotates each query and key by
 angles proportional to its position. Pair channel i with channel i + D/2 (i < D/2) and turn the
@@ -14,8 +14,8 @@ paper pairs neighbouring channels 2i, 2i+1 instead; the two are the same up to a
 of the projection's columns, but a checkpoint only works with the one it was trained with).
 
 Why it encodes position: a rotation preserves dot products between vectors turned by the same
-angle, so q_p . k_s depends on the positions only through p - s (each pair contributes
-|q||k| cos(angle between them + (p - s) f_i)). Attention scores become relative.
+angle, so q_p . k_s depends on the positions only through p - s: each pair contributes
+|q_pair| |k_pair| cos(angle between the two pairs + (p - s) f_i). Scores become relative.
 
 The frequencies f_i = theta^(-2i/D) run geometrically from 1 radian per position down to
 about 1/theta; `rope_frequencies` also applies Llama 3's stretching of the slow ones.
@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from ..tensor import Tensor
+from .graph import record
 
 
 class RopeConfigError(ValueError):
@@ -132,61 +133,70 @@ def rope_tables(freqs: np.ndarray, start: int, n_positions: int,
     return tables
 
 
-def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-                 inverse: bool = False) -> np.ndarray:
-    """Rotate each pair (x_i, x_{i+D/2}) of x (..., T, D) by +angle (or -angle if `inverse`).
+def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """y = x * cos + rotate_half(x) * sin for x (..., T, D), cos and sin (T, D/2):
+    each pair (x1, x2) = (x_i, x_{i+D/2}) turned by its angle,
 
-        forward:  y1 = x1 cos - x2 sin,   y2 = x2 cos + x1 sin
-        inverse:  y1 = x1 cos + x2 sin,   y2 = x2 cos - x1 sin
-    with x1 = x[..., :D/2], x2 = x[..., D/2:] and cos, sin (T, D/2) broadcast over the heads.
+        y1 = x1 cos - x2 sin
+        y2 = x2 cos + x1 sin
+
+    computed on the two halves (views), with one (..., T, D/2) scratch array.
     """
+    return _rotate_pairs(x, cos, sin, inverse=False)
+
+
+def rope_backward(d_y: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """dL/dx from g = dL/dy: the gradient turned back by the same angles.
+
+    For one pair at one position the forward is y = R x with the rotation
+        R = [[cos, -sin],          y1 = x1 cos - x2 sin
+             [sin,  cos]]          y2 = x1 sin + x2 cos
+    It is linear in x, so dL/dx = R^T g:
+        dL/dx1 = g1 cos + g2 sin
+        dL/dx2 = -g1 sin + g2 cos
+    and R^T = R^-1 is the rotation by the opposite angle (cos is even, sin is odd). Nothing
+    from the forward is needed but the angle tables.
+    """
+    return _rotate_pairs(d_y, cos, sin, inverse=True)
+
+
+def _rotate_pairs(x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                  inverse: bool) -> np.ndarray:
+    """Turn each pair (x_i, x_{i+D/2}) by +angle, or by -angle if `inverse`."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    out = np.empty(x.shape, dtype=x.dtype)
-    y1, y2 = out[..., :half], out[..., half:]
-    scratch = np.empty(x1.shape, dtype=x.dtype)            # (..., T, D/2)
+    y = np.empty(x.shape, dtype=x.dtype)
+    y1, y2 = y[..., :half], y[..., half:]
+    scratch = np.empty(x1.shape, dtype=x.dtype)                # (..., T, D/2)
     np.multiply(x1, cos, out=y1)
     np.multiply(x2, sin, out=scratch)
     if inverse:
-        y1 += scratch
+        y1 += scratch                                          # x1 cos + x2 sin
     else:
-        y1 -= scratch
+        y1 -= scratch                                          # x1 cos - x2 sin
     np.multiply(x2, cos, out=y2)
     np.multiply(x1, sin, out=scratch)
     if inverse:
-        y2 -= scratch
+        y2 -= scratch                                          # x2 cos - x1 sin
     else:
-        y2 += scratch
-    return out
-
-
-def rope_backward(g: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """dL/dx = R^T g: the inverse rotation of the gradient (derivation in `rope`)."""
-    return rope_forward(g, cos, sin, inverse=True)
+        y2 += scratch                                          # x2 cos + x1 sin
+    return y
 
 
 def rope(x: Tensor, start: int = 0, theta: float = 10000.0,
          freqs: np.ndarray | None = None) -> Tensor:
     """Rotary position embedding of x (..., T, D) at positions start .. start + T - 1.
 
-    `freqs` (D/2,) from `rope_frequencies` (for Llama 3's scaling); by default the plain
-    frequencies for `theta`. With a KV cache, the new tokens' queries and keys are rotated
-    at `start` = the number of cached positions, exactly as they would be in a full pass.
-
-    Backward. For each pair and position the op is y = R x with the 2x2 rotation
-        R = [[cos, -sin],
-             [sin,  cos]]
-    (first row: y1 = x1 cos - x2 sin). It is linear in x, so dL/dx = R^T g, and R^T is the
-    rotation by the opposite angle (cos is even, sin odd):
-        dL/dx1 = g1 cos + g2 sin,    dL/dx2 = g2 cos - g1 sin.
-    The gradient is rotated back; no activations are saved, only the (T, D/2) angle tables.
+    `freqs` (D/2,) from `rope_frequencies` (e.g. with Llama 3's scaling); by default the plain
+    frequencies for `theta`. With a KV cache, the new tokens' queries and keys are rotated at
+    `start` = the number of cached positions, exactly as they would be in a full pass.
+    The math: `rope_forward`, `rope_backward`.
     """
-    xd = x.data
-    if xd.ndim < 2:
-        raise ValueError(f"rope: input must be (..., T, D), got shape {xd.shape}")
-    n_positions, head_dim = xd.shape[-2], xd.shape[-1]
+    if x.ndim < 2:
+        raise ValueError(f"rope: input must be (..., T, D), got shape {x.shape}")
+    n_positions, head_dim = x.shape[-2], x.shape[-1]
     if head_dim % 2:
-        raise ValueError(f"rope: the last axis (head size) must be even, got shape {xd.shape}")
+        raise ValueError(f"rope: the last axis (head size) must be even, got shape {x.shape}")
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
         raise ValueError(f"rope: start must be a non-negative integer position, got {start!r}")
     if freqs is None:
@@ -194,8 +204,6 @@ def rope(x: Tensor, start: int = 0, theta: float = 10000.0,
     if np.shape(freqs) != (head_dim // 2,):
         raise ValueError(f"rope: freqs has shape {np.shape(freqs)}, expected ({head_dim // 2},) "
                          f"for head size {head_dim}")
-    cos, sin = rope_tables(freqs, start, n_positions, xd.dtype)       # (T, D/2) each
-
-    def backward(g):
-        return (rope_backward(g, cos, sin),)
-    return Tensor._make(rope_forward(xd, cos, sin), (x,), backward, "rope")
+    cos, sin = rope_tables(freqs, start, n_positions, x.dtype)        # (T, D/2) each
+    y = rope_forward(x.data, cos, sin)
+    return record(y, (x,), lambda d_y: (rope_backward(d_y, cos, sin),), "rope")
