@@ -68,13 +68,25 @@ def test_without_ckpt_the_newest_run_is_used(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--ckpt", "no/such/dir"], "error: checkpoint no/such/dir does not exist"),
     ([], "error: no --ckpt given and no training run in runs/"),
-    (["--temperature", "-1"], "error: temperature must be >= 0"),
+    (["--temperature", "-1"], "error: temperature must be a finite number >= 0"),
     (["--threads", "0"], "error: --threads must be at least 1"),
+    (["--temperature", "nan"], "error: temperature must be a finite number >= 0"),
+    (["--seed", "-1"], "error: seed must be >= 0"),
+    (["--max-new-tokens", "99999999"], "error: max_new_tokens must be in [0, 4096]"),
 ])
 def test_bad_command_lines_print_one_error_line(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     assert chat_in_process(args, "hi\n") == (1, "")
     assert capsys.readouterr().err.startswith(message)
+
+
+def test_slash_commands_refuse_what_the_server_refuses(rigged, capsys):
+    status, out = chat_in_process(["--ckpt", str(rigged), "--max-new-tokens", "2"],
+                                  "/max 99999999\n/temp nan\nhi\n")
+    err = capsys.readouterr().err
+    assert "error: /max 99999999: max_new_tokens must be in [0, 4096]" in err
+    assert "error: /temp nan: temperature must be a finite number" in err
+    assert (status, out) == (0, "aa\n")                      # the old settings still apply
 
 
 def test_in_process_history_and_settings(rigged, capsys):

@@ -2,6 +2,7 @@
 import http.client
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 
@@ -9,7 +10,7 @@ import _tiny_chat as tiny
 import pytest
 
 from gpt.chat.engine import ChatEngine
-from gpt.chat.server import start_background
+from gpt.chat.server import ChatServer, ServerStartError, start_background
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -268,3 +269,76 @@ def test_a_client_that_disconnects_stops_its_generation():
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# -- reliability under bursts and odd clients -----------------------------------------------------
+
+
+def test_a_burst_of_50_streaming_clients_all_get_an_answer():
+    """Every client of a burst gets a 200 (a streamed reply) or a 429 with Retry-After: none
+    is reset by an overflowing listen queue."""
+    tok = tiny.tokenizer()
+    server, thread = serve(ChatEngine(tiny.model(tok), tok, name="tiny"), max_tokens_limit=64)
+    n_clients, statuses, barrier = 50, [], threading.Barrier(50)
+    body = json.dumps({"messages": HELLO, "max_tokens": 8, "stream": True})
+
+    def client():
+        barrier.wait()
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+        try:
+            connection.request("POST", "/v1/chat/completions", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            text = response.read().decode()
+            if response.status == 200:
+                events(text)                           # a complete stream, ending with [DONE]
+            elif response.status == 429:
+                assert response.headers["Retry-After"]
+            statuses.append(response.status)
+        except OSError as error:                       # a reset: what must not happen
+            statuses.append(type(error).__name__)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(n_clients)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert len(statuses) == n_clients
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 1
+
+
+def test_deeply_nested_json_is_a_400(server):
+    depth = 2000                                       # past Python's recursion limit
+    status, error = request(server, "/v1/chat/completions", raw=b"[" * depth + b"]" * depth)
+    assert status == 400 and "nested too deeply" in error["error"]["message"]
+    assert request(server, "/v1/models")[0] == 200     # and the server is fine
+
+
+def test_an_http_1_0_client_gets_a_plain_stream_and_a_closed_connection(server):
+    body = json.dumps({"messages": HELLO, "max_tokens": 4, "stream": True}).encode()
+    client = socket.create_connection(server.server_address[:2], timeout=30)
+    client.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+                   b"Content-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    received = b""
+    while piece := client.recv(65536):                 # ends when the server closes
+        received += piece
+    client.close()
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert events(payload.decode())[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_port_in_use_is_one_clear_error(server):
+    host, port = server.server_address[:2]
+    with pytest.raises(ServerStartError, match=f"{port} is already in use"):
+        ChatServer(server.engine, host, port)

@@ -24,7 +24,7 @@ from autograd.parallel import limit_blas_threads
 from gpt.chat.engine import ChatEngine, ChatSession
 from gpt.chat.server import serve
 from gpt.chat.templates import TEMPLATES, ChatError
-from gpt.core.generate import SamplingParams
+from gpt.core.generate import MAX_NEW_TOKENS, SamplingParams
 from gpt.io.checkpoint import CheckpointError, latest_run, resolve_checkpoint
 
 HELP = """commands:
@@ -88,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def checked(params: SamplingParams) -> SamplingParams:
+    """`params`, if chat allows them: the same cap on a reply's length as the server's."""
+    if params.max_new_tokens > MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be in [0, {MAX_NEW_TOKENS}], got "
+                         f"{params.max_new_tokens}")
+    return params
+
+
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     try:
-        return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        return checked(SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k or None,
                               top_p=None if args.top_p >= 1.0 else args.top_p,
-                              repetition_penalty=args.repetition_penalty, seed=args.seed)
+                              repetition_penalty=args.repetition_penalty, seed=args.seed))
     except ValueError as error:
         raise ChatError(str(error)) from None
 
@@ -210,7 +218,7 @@ def _command(session: ChatSession, text: str) -> bool:
                 number = None
             elif field == "top_p" and number == 1.0:
                 number = None
-            session.params = replace(session.params, **{field: number})
+            session.params = checked(replace(session.params, **{field: number}))
         except ValueError as error:
             reason = str(error) if value else "it needs a value"
             _note(f"error: {name} {value}: {reason}".rstrip())

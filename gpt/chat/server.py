@@ -17,6 +17,7 @@ has gone away stops its generation at the next token.
 """
 from __future__ import annotations
 
+import errno
 import json
 import secrets
 import select
@@ -33,10 +34,11 @@ from urllib.parse import urlsplit
 
 from gpt.chat.engine import ChatEngine, EngineBusy, Generation, PromptTooLong
 from gpt.chat.templates import ChatError, check_messages
-from gpt.core.generate import SamplingParams
+from gpt.core.generate import MAX_NEW_TOKENS, SamplingParams
+from gpt.errors import GPTError
 
 MAX_BODY_BYTES = 1 << 20          # 1 MiB: far more than any prompt that fits a context
-MAX_TOKENS_LIMIT = 4096           # per request; generation past the context re-prefills
+MAX_TOKENS_LIMIT = MAX_NEW_TOKENS  # per request; generation past the context re-prefills
 MAX_STOP_STRINGS = 4              # as OpenAI
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -127,12 +129,21 @@ class Job:
 # The server
 
 
+class ServerStartError(GPTError):
+    """The server cannot listen where it was asked to (the port is taken, the address is not
+    this machine's, or the port needs privileges)."""
+
+
 class ChatServer(ThreadingHTTPServer):
     """The HTTP server: holds the engine and the limits. `serve_forever()` to run it.
 
     port=0 picks a free port (see `server_address`), which is what the tests use.
     """
     daemon_threads = True              # a stuck client never keeps the process alive
+    # The kernel's queue of connections not yet accepted. Python's default of 5 makes a burst
+    # of clients overflow it, and the kernel then resets them before they get any answer;
+    # with room for a burst every client is accepted and gets a reply or a 429.
+    request_queue_size = 1024
 
     def __init__(self, engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000,
                  max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
@@ -145,7 +156,12 @@ class ChatServer(ThreadingHTTPServer):
         # Bound to loopback, only requests that name a loopback host are answered: a web page
         # on another site that points a DNS name at 127.0.0.1 ("DNS rebinding") is refused.
         self.check_host = host in LOOPBACK_NAMES
-        super().__init__((host, port), ChatRequestHandler)
+        try:
+            super().__init__((host, port), ChatRequestHandler)
+        except OSError as error:
+            reason = ("is already in use (is another server running? pass --port N)"
+                      if error.errno == errno.EADDRINUSE else f"cannot be used: {error.strerror}")
+            raise ServerStartError(f"{host}:{port} {reason}") from None
 
     @property
     def url(self) -> str:
@@ -154,11 +170,15 @@ class ChatServer(ThreadingHTTPServer):
 
 
 class ChatRequestHandler(BaseHTTPRequestHandler):
-    """One connection. HTTP/1.1 keep-alive; streamed replies use chunked transfer encoding."""
+    """One connection. HTTP/1.1 keep-alive; streamed replies use chunked transfer encoding.
+
+    An HTTP/1.0 client knows no chunked encoding: its stream is written as it comes and the
+    connection closed at the end, which is how HTTP/1.0 marks the end of a body."""
     protocol_version = "HTTP/1.1"
     server_version = "DeepUnderstanding/0.1"
     timeout = 120                      # seconds a silent client may hold a connection open
     server: ChatServer
+    _chunked = True                    # how the current stream is framed (see _stream)
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -278,6 +298,9 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ApiError(400, f"the body is not valid JSON: {error}",
                            code="invalid_json") from None
+        except RecursionError:                 # json's parser recurses once per nesting level
+            raise ApiError(400, "the body's JSON is nested too deeply",
+                           code="invalid_json") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         return body
@@ -311,6 +334,7 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         max_tokens = _integer(body, "max_completion_tokens", None, 1, limit)
         max_tokens = _integer(body, "max_tokens", max_tokens or default_max_tokens, 1, limit)
         top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+        seed = _integer(body, "seed", None, -(1 << 63), (1 << 63) - 1)
         params = SamplingParams(
             max_new_tokens=max_tokens,
             temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
@@ -318,10 +342,9 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
             top_p=None if top_p == 1.0 else top_p,
             repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0,
                                        low_open=True),
-            seed=_integer(body, "seed", None, -(1 << 63), (1 << 63) - 1),
+            # OpenAI's seeds are signed 64-bit; NumPy wants a non-negative one: same bits.
+            seed=seed & ((1 << 64) - 1) if seed is not None else None,
         )
-        if params.seed is not None and params.seed < 0:
-            params.seed &= (1 << 64) - 1        # NumPy wants a non-negative seed
         stream = _boolean(body, "stream")
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
@@ -439,10 +462,15 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
                           "finish_reason": finish}
             return {**base, "choices": [choice]}
 
+        self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         try:
             if chat:
@@ -476,7 +504,12 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         self._write_chunk(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
 
     def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        """One piece of a streamed body: a chunk of the chunked encoding, or (HTTP/1.0) the
+        bytes themselves, the empty end-of-body chunk then being nothing to write."""
+        if self._chunked:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        elif data:
+            self.wfile.write(data)
         self.wfile.flush()
 
     # -- writing responses ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ newest token ("decode"), reusing the keys and values already computed for the pa
 from __future__ import annotations
 
 import codecs
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -16,6 +17,12 @@ import numpy as np
 
 from autograd import no_grad
 from gpt.core.model import GPT
+
+
+# The most tokens one chat reply may ask for (chat.py and the server's default cap): past the
+# context, every new token costs a fresh prefill of the whole window, so an unbounded request
+# could hold the model for hours.
+MAX_NEW_TOKENS = 4096
 
 
 @dataclass
@@ -43,13 +50,16 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must fail here too.
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
