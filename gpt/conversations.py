@@ -28,7 +28,8 @@ name?") or close with thanks, answered in the storyteller's voice by short fixed
 have a follow-up ("Once more, but about a dog named Max.") answered by another story that has
 those facts. Each request carries the facts it asked for (`RequestFacts`: names, kinds, words,
 moods), and `check_reply` tells which of them a reply meets, with the same word matching used to
-find them, so a benchmark can score a model's replies to held-out requests.
+find them, so a benchmark can score a model's replies to held-out requests
+(`make_benchmark_requests` makes single-turn ones).
 
 Held-out data: `split_holdout` sets aside a fixed share of stories by a hash of their text
 (independent of order and seed), and `make_splits` makes the training conversations from the
@@ -271,7 +272,7 @@ class ConversationError(ValueError):
 
 @dataclass(frozen=True)
 class Character:
-    """A named character: "Lily", kind "girl", adjectives ("little",) for "a little girl named Lily"."""
+    """A named character: for "a little girl named Lily", "Lily", "girl" and ("little",)."""
     name: str
     kind: str | None = None
     adjectives: tuple[str, ...] = ()
@@ -299,8 +300,9 @@ NAMED_RE = re.compile(r"\b(?:[Aa]n?|[Tt]he|[Hh]er|[Hh]is|[Tt]heir|[Mm]y)\s+((?:[
                       r"([a-z]+)\s+(?:named|called)\s+([A-Z][a-z]+)\b")
 # "there was a little bird. Its name was Blue."
 # (here the kind must be one of KINDS inside the pattern: "[a-z]+" could stop at "little")
+_KIND_ALTERNATION = "|".join(sorted(KINDS, key=len, reverse=True))
 NAME_WAS_RE = re.compile(r"\b(?:[Aa]n?)\s+((?:[a-z]+\s+){0,2}?)"
-                         rf"({'|'.join(sorted(KINDS, key=len, reverse=True))})\b[^.!?]{{0,60}}[.!?]\s+"
+                         rf"({_KIND_ALTERNATION})\b[^.!?]{{0,60}}[.!?]\s+"
                          r"(?:Her|His|Its|Their)\s+name\s+(?:was|is)\s+([A-Z][a-z]+)\b")
 # a word is sentence-initial when what precedes it (spaces aside) ends a sentence or opens a quote
 SENTENCE_START_CHARS = frozenset(".!?:;\"“”'‘’(\n")
@@ -802,6 +804,32 @@ def make_splits(train_stories: Sequence[str], valid_stories: Sequence[str] = (),
     # another stream for the held-out side, so its requests do not shadow the training ones
     held = make_conversations(held_out, seed + 1_000_003, split="held_out") if held_out else []
     return ConversationSplits(train, held)
+
+
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    """A single-turn request for scoring a model: its text, what it asks for, the story that
+    answers it (a reference reply) and the template used."""
+    text: str
+    facts: RequestFacts
+    story: str
+    template: str
+
+
+def make_benchmark_requests(stories: Sequence[str], seed: int = 0) -> list[BenchmarkRequest]:
+    """One opening request per story that asks for at least one fact (a story with none to
+    ask for is skipped). Give it held-out stories (`make_splits`' side, or the valid split)."""
+    rng = random.Random(seed)
+    requests = []
+    for story in (s.strip() for s in stories):
+        facts = extract_facts(story) if story else None
+        # a plain "Tell me a story." asks for nothing a reply could be scored on: draw again
+        for _ in range(20 if facts else 0):
+            text, asked, template = make_request(facts, rng)
+            if not asked.is_empty():
+                requests.append(BenchmarkRequest(text, asked, story, template))
+                break
+    return requests
 
 
 def read_stories(path: str | os.PathLike) -> list[str]:

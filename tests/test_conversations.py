@@ -9,8 +9,9 @@ import pytest
 
 from gpt.conversations import (
     SMALL_TALK, Character, Conversation, ConversationError, RequestFacts, Thing, check_reply,
-    extract_facts, find_moods, find_names, main, make_conversations, make_request, make_splits,
-    mentions, mentions_name, mood_holds, read_stories, split_holdout, story_id, word_forms)
+    extract_facts, find_moods, find_names, main, make_benchmark_requests, make_conversations,
+    make_request, make_splits, mentions, mentions_name, mood_holds, read_stories, split_holdout,
+    story_id, word_forms)
 from tests._paths import data_file
 
 MIA = ("Once upon a time, there was a little girl named Mia. Mia had a red ball. She played with "
@@ -242,3 +243,14 @@ def test_main_bad_file_is_one_line(tmp_path, capsys):
     assert main(["--file", str(tmp_path / "missing.txt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read stories from") and err.count("\n") == 1
+
+
+def test_benchmark_requests_ask_for_something_their_story_has(valid_stories):
+    requests = make_benchmark_requests(valid_stories[:100], seed=9)
+    assert len(requests) > 90
+    assert requests == make_benchmark_requests(valid_stories[:100], seed=9)
+    for request in requests:
+        assert not request.facts.is_empty()
+        assert all(check_reply(request.story, request.facts).values()), request.text
+    assert sum(bool(r.facts.names) for r in requests) > 30
+    assert sum(bool(r.facts.words) for r in requests) > 30
