@@ -81,9 +81,9 @@ CHARACTER_ADJECTIVES = frozenset("""
 # Concrete nouns a request may ask for ("a story about a red ball")
 THINGS = frozenset("""
     ball toy kite book box car truck train doll hat shoe boat balloon cake cookie apple
-    flower tree rock stick leaf shell key bike ring necklace crayon picture drum blanket bed
+    flower tree rock stick leaf shell key bike necklace crayon picture drum blanket bed
     cup bowl pie candy sandwich banana carrot star moon rainbow bubble feather button bag
-    basket jar clock phone lamp map coin treasure gift present sword crown wand robot puzzle
+    basket jar clock phone lamp map coin treasure gift sword crown wand robot puzzle
     slide swing snowman umbrella coat scarf dress sock brush pencil letter card bell whistle
     bucket shovel rope wagon sled plane rocket bottle pot spoon plate chair table window door
     mirror bench fence bridge nest egg seed jacket helmet castle tent tower
