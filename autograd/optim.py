@@ -6,6 +6,12 @@ An optimizer turns gradients into a change of the weights:
     SGD     p <- p - lr * g                                  (plus momentum, optionally)
     AdamW   p <- p * (1 - lr * wd)                           decoupled weight decay, then
             p <- p - lr * m_hat / (sqrt(v_hat) + eps)        a step scaled per coordinate
+    Muon    p <- p - lr * scale * orthogonalise(momentum)    a step scaled per direction of a
+                                                             weight matrix (2-D only)
+
+A model trained with Muon gives its block matrices to Muon and the rest to AdamW:
+`muon_with_adamw(model, ...)` builds both and wraps them in a `MultiOptimizer`, which a training
+loop drives like a single optimizer.
 
 Every update happens in place, on the very arrays the model holds (`p.data`), and allocates
 nothing per step: the elementwise work is done with NumPy's `out=` arguments into a small
@@ -25,14 +31,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from .nn import Embedding, Module
+from .nn import Embedding, Module, ModuleList
 from .tensor import Tensor
 
 if TYPE_CHECKING:
     from .parallel import DataParallel
 
-__all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm", "decay_groups", "constant_lr",
-           "cosine_with_warmup", "lr_schedule", "split_arrays", "join_arrays"]
+__all__ = ["Optimizer", "SGD", "AdamW", "Muon", "MultiOptimizer", "clip_grad_norm",
+           "decay_groups", "muon_param_groups", "muon_with_adamw", "orthogonalise",
+           "constant_lr", "cosine_with_warmup", "lr_schedule", "split_arrays", "join_arrays"]
 
 # Elements per slice of the in-place update loops. 65536 float32 numbers are 256 KiB: the five
 # slices an Adam update juggles (p, g, m, v, scratch) stay in the CPU cache between its dozen
@@ -128,6 +135,11 @@ class Optimizer:
         With `parallel` (an autograd.parallel.DataParallel), its threads share the parameters
         out among themselves. Each parameter's update is its own, so the result is the same.
         """
+        _run_updates(self._work(), parallel)
+
+    def _work(self) -> list[tuple[Optimizer, Tensor, dict[str, Any], dict[str, Any]]]:
+        """(optimizer, parameter, its state, its group) for each parameter this step updates;
+        a parameter's state is created on its first step."""
         work = []
         for index, group, p in self._indexed_params():
             if not p.requires_grad or p.grad is None:
@@ -138,15 +150,13 @@ class Optimizer:
             state = self.state.get(index)
             if state is None:
                 state = self.state[index] = self._init_state(p.data, group)
-            work.append((p, state, group))
+            work.append((self, p, state, group))
+        return work
 
-        def update(part: list) -> None:
-            for p, state, group in part:
-                self._update(p.data, p.grad, state, group)
-        if parallel is None:
-            update(work)
-        else:
-            parallel.map_parts(update, work, [p.size for p, _, _ in work])
+    def _cost(self, p: np.ndarray, group: dict[str, Any]) -> float:
+        """The relative cost of updating p, for sharing parameters out over threads; the unit
+        is one element of an AdamW update."""
+        return float(p.size)
 
     def _init_state(self, p: np.ndarray, group: dict[str, Any]) -> dict[str, Any]:
         """The state of a parameter before its first step: a step count and arrays."""
@@ -262,11 +272,31 @@ class Optimizer:
                 else:
                     restored[name] = _plain(value)
             new_state[index] = restored
+        for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            unknown = set(saved) - set(group) - {"params", "name"}
+            if unknown:
+                raise ValueError(f"parameter group {number}: the state dict has settings "
+                                 f"{sorted(unknown)} that {type(self).__name__} does not know "
+                                 f"(saved by a different optimizer?)")
         for saved, group in zip(saved_groups, self.param_groups):
             for key, value in saved.items():
                 if key != "params":
                     group[key] = tuple(value) if key == "betas" else value
         self.state = new_state
+
+
+def _run_updates(work: list[tuple[Optimizer, Tensor, dict[str, Any], dict[str, Any]]],
+                 parallel: DataParallel | None) -> None:
+    """Apply each (optimizer, parameter, state, group) update of `work`, in the threads of
+    `parallel` if given (shared out by cost: each update is independent of the others)."""
+    def update(part: list) -> None:
+        for optimizer, p, state, group in part:
+            optimizer._update(p.data, p.grad, state, group)
+    if parallel is None:
+        update(work)
+    else:
+        parallel.map_parts(update, work, [opt._cost(p.data, group)
+                                          for opt, p, _, group in work])
 
 
 def _plain(value: Any) -> Any:
@@ -413,6 +443,212 @@ class AdamW(Optimizer):
 
 
 # ----------------------------------------------------------------------------------------------
+# Muon: momentum, orthogonalised.
+
+# p(x) = a x + b x^3 + c x^5, the quintic of Keller Jordan's Muon (see Muon's docstring).
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# Added to |X|_F before dividing by it: a zero update stays zero instead of becoming NaN.
+NEWTON_SCHULZ_EPS = 1e-7
+
+
+def _newton_schulz(x: np.ndarray, y: np.ndarray, gram: np.ndarray, poly: np.ndarray,
+                   steps: int) -> np.ndarray:
+    """Orthogonalise x (k, n), k <= n, in place: `steps` iterations of X <- p(X) after
+    X <- X / |X|_F. y (k, n), gram and poly (k, k) are scratch of x's dtype. Returns the one of
+    x and y that holds the result (the two swap roles each iteration, so nothing is copied)."""
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    x *= 1.0 / (math.sqrt(float(np.vdot(x, x))) + NEWTON_SCHULZ_EPS)
+    for _ in range(steps):
+        np.matmul(x, x.T, out=gram)               # A = X X^T                  (k, k)
+        np.matmul(gram, gram, out=poly)           # A^2                        (k, k)
+        poly *= c
+        gram *= b
+        poly += gram                              # b A + c A^2                (k, k)
+        np.matmul(poly, x, out=y)                 # (b A + c A^2) X            (k, n)
+        x *= a
+        y += x                                    # p(X) = a X + (b A + c A^2) X
+        x, y = y, x
+    return x
+
+
+def orthogonalise(matrix: np.ndarray, steps: int = 5) -> np.ndarray:
+    """About U V^T for matrix = U S V^T: `steps` Newton-Schulz iterations in float32.
+
+    The singular vectors are kept exactly (up to rounding); the singular values s_i become
+    p(p(...p(s_i / |matrix|_F))) with Muon's quintic p, which lies in about [0.68, 1.21] after
+    five steps for every s_i >= 2e-3 |matrix|_F. Muon's docstring derives it. Returns a new
+    float32 array of the matrix's shape.
+    """
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"orthogonalise takes a 2-D matrix, got shape {matrix.shape}")
+    _check_ns_steps(steps)
+    tall = matrix.shape[0] > matrix.shape[1]
+    k, n = sorted(matrix.shape)
+    x, y = np.empty((k, n), np.float32), np.empty((k, n), np.float32)
+    x[...] = matrix.T if tall else matrix
+    result = _newton_schulz(x, y, np.empty((k, k), np.float32), np.empty((k, k), np.float32),
+                            steps)
+    return np.ascontiguousarray(result.T if tall else result)
+
+
+def _check_ns_steps(steps: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"ns_steps (Newton-Schulz iterations) must be an integer >= 1, "
+                         f"got {steps!r}")
+
+
+class Muon(Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan's optimizer, as used by the
+    modded-nanogpt speedrun and nanochat), for 2-D weight matrices.
+
+    For a weight matrix W with gradient G, at step t = 1, 2, ...:
+
+        W <- W * (1 - lr * weight_decay)               decoupled decay, as in AdamW
+        M <- beta * M + (1 - beta) * G                 momentum: a running mean of G
+        U  = (1 - beta) * G + beta * M                 Nesterov: look one step ahead
+             (U = M with nesterov=False)
+        O  = NS(U / |U|_F)                             ~ U's orthogonal factor (below)
+        W <- W - lr * sqrt(max(1, fan_out / fan_in)) * O
+
+    Why orthogonalise. To first order a step dW changes the loss by <G, dW> = sum_ij G_ij dW_ij.
+    Write G = P S Q^T (its SVD: P, Q with orthonormal columns p_i, q_i; S = diag(s_i), s_i > 0).
+    Which step of a given size lowers the loss most depends on how size is measured. Under the
+    Frobenius norm it is -eta G / |G|_F: gradient descent. But a weight matrix is an operator,
+    and what a step does to the network is how much it changes the layer's output, bounded by
+    |dW x| <= |dW|_2 |x| for every input x: the spectral norm |dW|_2 (the largest singular
+    value) is the natural size. Steepest descent under it:
+
+        minimise <G, dW> subject to |dW|_2 <= eta;
+        <G, dW> = tr(Q S P^T dW) = sum_i s_i p_i^T dW q_i >= -eta sum_i s_i,
+        because |p^T dW q| <= |dW|_2 for unit vectors p, q; equality at dW = -eta P Q^T.
+
+    So the best step is the gradient with every singular value set to 1: O = P Q^T. The
+    gradients (and momenta) of a transformer's matrices are nearly low-rank: a few directions
+    carry most of |G|_F, and SGD or Adam step mostly along those. P Q^T moves every singular
+    direction by the same amount, so directions that are rare but useful learn too.
+
+    What Newton-Schulz does. For X = P S Q^T, X X^T = P S^2 P^T, so (X X^T) X = P S^3 Q^T and
+    (X X^T)^2 X = P S^5 Q^T. An odd polynomial of the matrix acts on its singular values alone:
+
+        p(X) = a X + b (X X^T) X + c (X X^T)^2 X = P p(S) Q^T,    p(x) = a x + b x^3 + c x^5.
+
+    Iterating k times applies p(p(...p(s))) to each singular value and leaves P and Q alone.
+    If the iterates of p carry every x in (0, 1] to about 1, then NS(X) ~ P Q^T: three matrix
+    products per iteration, and no SVD (slow, and nothing like a GEMM).
+
+    The textbook cubic p(x) = (3x - x^3) / 2 converges to exactly 1, but its slope at 0 is
+    only 3/2: a singular value of 1e-3 needs about 17 iterations to arrive. Jordan's quintic,
+    (a, b, c) = (3.4445, -4.7750, 2.0315), has slope a = 3.4445 at 0, so a small singular value
+    grows about 3.4x per iteration (about 480x in five). It pays for that by not converging:
+    p(1) = 0.70, and the iterates end up anywhere in a band of about [0.68, 1.21] rather than
+    at 1. For descent the band is harmless (no direction is left far behind the others, and
+    P, Q are exact), and five iterations bring every singular value above about 2e-3 |X|_F into
+    it. Smaller ones stay smaller: they hold almost none of the momentum.
+
+    Why normalise first. p keeps values in the band only when they start in [0, ~1.2]; beyond
+    it the c x^5 term takes over (p(2) = 33.7) and the iteration blows up. So the singular
+    values must start in [0, 1]. Dividing by the Frobenius norm does it, since |X|_F^2 =
+    sum_i s_i^2 >= s_max^2, and unlike s_max itself it costs one pass over X. (The division
+    also makes U's scale irrelevant, which is why the momentum may be a mean rather than
+    PyTorch SGD's sum beta M + G: only its direction counts.)
+
+    Cost and orientation. With X of shape (k, n), k <= n, the Gram matrix X X^T is (k, k) and an
+    iteration costs 2 k^2 n + k^3 multiply-adds; a tall matrix is transposed first so that the
+    Gram matrix is the small one. That is allowed because p(X^T) = Q p(S) P^T = p(X)^T: the
+    orthogonal factor of G^T is that of G, transposed. For the same reason the orientation of
+    the weights does not matter. Our Linear stores W as (in_features, out_features), the
+    transpose of PyTorch's (out, in); its gradient is the transpose too, and orthogonalising it
+    gives the transpose of PyTorch's O: the same step (and |dW^T|_2 = |dW|_2). Only the scale
+    below needs to know which axis is which: here fan_in = W.shape[0], fan_out = W.shape[1].
+
+    Scale. O has min(rows, cols) singular values near 1, so |O|_F^2 ~ min(rows, cols) and its
+    root-mean-square entry is 1 / sqrt(max(rows, cols)): the longer a matrix's long side, the
+    smaller the step per weight. Two rules are in use to correct it:
+
+      sqrt(max(1, fan_out / fan_in))   Jordan's Muon, modded-nanogpt, nanochat (there written
+                                       max(1, rows / cols)^0.5, rows = fan_out in PyTorch).
+                                       The RMS becomes lr / sqrt(fan_in) for every shape:
+                                       fan_out >= fan_in gives sqrt(fan_out / fan_in) /
+                                       sqrt(fan_out), otherwise 1 / sqrt(fan_in).
+      0.2 sqrt(max(rows, cols))        Moonshot's "Muon is scalable for LLM training": the RMS
+                                       becomes 0.2 lr for every shape, about that of an AdamW
+                                       update, so AdamW's lr and weight decay carry over.
+
+    We use the first. It makes lr a step relative to the scale of the layer's weights (a
+    1/sqrt(fan_in) initialisation), independent of the width; and the small-model recipes we
+    start from (modded-nanogpt, nanochat) tuned their Muon learning rates (0.02-0.05) with it.
+
+    The iteration runs in float32 GEMMs whatever the parameter's dtype (it only has to land in
+    the band, so float32's rounding is irrelevant); the momentum keeps the parameter's dtype.
+    Muon is for the hidden matrices: embeddings (lookups, whose rows are updated by their own
+    tokens), the output head and the vectors (gains, biases) go to AdamW; `muon_param_groups`
+    sorts a model's parameters and `muon_with_adamw` builds both optimizers.
+    """
+
+    scratch_rows = 0
+
+    def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
+                                      ns_steps=ns_steps, weight_decay=weight_decay))
+        for index, group, p in self._indexed_params():
+            if p.ndim != 2:
+                raise ValueError(f"Muon updates 2-D weight matrices, but parameter {index} has "
+                                 f"shape {p.shape}; give it to AdamW (see muon_param_groups)")
+        self._buffers = threading.local()      # per thread: {(k, n): Newton-Schulz scratch}
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        super()._check_hyperparameters(group)
+        if not 0.0 <= group["momentum"] < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {group['momentum']}")
+        _check_ns_steps(group["ns_steps"])
+
+    def _init_state(self, p: np.ndarray, group: dict[str, Any]) -> dict[str, Any]:
+        return {"step": 0, "momentum_buffer": np.zeros(p.shape, dtype=p.dtype)}
+
+    def _cost(self, p: np.ndarray, group: dict[str, Any]) -> float:
+        k, n = sorted(p.shape)
+        # On one core a float32 GEMM multiply-add costs about 1/60 of an AdamW element update.
+        return p.size + group["ns_steps"] * (2 * k * k * n + k ** 3) / 60.0
+
+    def _scratch_matrices(self, k: int, n: int) -> tuple[np.ndarray, ...]:
+        """This thread's float32 scratch for a (k, n) Newton-Schulz: x, y (k, n), gram, poly
+        (k, k). Allocated on the first step, reused after."""
+        cache = getattr(self._buffers, "by_shape", None)
+        if cache is None:
+            cache = self._buffers.by_shape = {}
+        buffers = cache.get((k, n))
+        if buffers is None:
+            buffers = cache[(k, n)] = (np.empty((k, n), np.float32), np.empty((k, n), np.float32),
+                                       np.empty((k, k), np.float32), np.empty((k, k), np.float32))
+        return buffers
+
+    def _update(self, p, g, state, group) -> None:
+        lr, beta, wd = float(group["lr"]), float(group["momentum"]), float(group["weight_decay"])
+        state["step"] += 1
+        m = state["momentum_buffer"]
+        m -= g                                    # M = beta M + (1 - beta) G, as G + beta (M - G)
+        m *= beta
+        m += g
+        rows, cols = p.shape
+        tall = rows > cols
+        x, y, gram, poly = self._scratch_matrices(min(rows, cols), max(rows, cols))
+        u = x.T if tall else x                    # (rows, cols): writing u fills x
+        if group["nesterov"]:
+            np.subtract(m, g, out=u)              # U = (1 - beta) G + beta M = G + beta (M - G)
+            u *= beta
+            u += g
+        else:
+            u[...] = m
+        o = _newton_schulz(x, y, gram, poly, int(group["ns_steps"]))
+        if wd:
+            p *= 1.0 - lr * wd
+        o *= lr * math.sqrt(max(1.0, cols / rows))      # fan_in = rows, fan_out = cols
+        p -= o.T if tall else o
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def decay_groups(model: Module, weight_decay: float,
@@ -443,6 +679,182 @@ def decay_groups(model: Module, weight_decay: float,
             no_decay.append(p)
     return [{"params": decay, "weight_decay": float(weight_decay)},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def muon_param_groups(model: Module) -> dict[str, list[Tensor]]:
+    """Sort a model's trainable parameters into what Muon updates and what AdamW updates:
+
+        "matrices"    2-D weights inside the repeated blocks (the members of any ModuleList:
+                      GPT's h.0, h.1, ...): attention and MLP projections      -> Muon
+        "embeddings"  Embedding tables, and an output head tied to one        -> AdamW
+        "head"        other 2-D weights outside the blocks (an untied head)   -> AdamW
+        "vectors"     everything else: biases, norm gains, scalars            -> AdamW
+
+    Orthogonalising is for matrices that act as operators on hidden states. An embedding is a
+    lookup whose rows only its own tokens update; the head's rows are likewise one per token,
+    and it is where modded-nanogpt and nanochat keep Adam; vectors have no matrix structure.
+    Every key is always present (possibly empty), each parameter appears once, in model order.
+    """
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, Embedding)}
+    block_ids = {id(p) for m in model.modules() if isinstance(m, ModuleList)
+                 for p in m.parameters()}
+    groups: dict[str, list[Tensor]] = {"matrices": [], "embeddings": [], "head": [],
+                                       "vectors": []}
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim != 2:
+            groups["vectors"].append(p)
+        elif id(p) in embedding_ids:
+            groups["embeddings"].append(p)
+        elif id(p) in block_ids:
+            groups["matrices"].append(p)
+        else:
+            groups["head"].append(p)
+    return groups
+
+
+def muon_with_adamw(model: Module, lr: float = 0.02, momentum: float = 0.95,
+                    nesterov: bool = True, ns_steps: int = 5, weight_decay: float = 0.0,
+                    adamw_lr: float = 4e-3, embedding_lr: float | None = None,
+                    head_lr: float | None = None, betas: tuple[float, float] = (0.8, 0.95),
+                    eps: float = 1e-8, adamw_weight_decay: float = 0.0) -> MultiOptimizer:
+    """Muon for the model's block matrices, AdamW for the rest, as one optimizer.
+
+    Groups as `muon_param_groups` sorts them: Muon(matrices, lr, momentum, nesterov, ns_steps,
+    weight_decay) and AdamW over three groups, always in this order (so that a saved state
+    fits any model of the same architecture):
+
+        "embeddings"  lr = embedding_lr (default adamw_lr), weight decay adamw_weight_decay
+        "head"        lr = head_lr (default adamw_lr),      weight decay adamw_weight_decay
+        "vectors"     lr = adamw_lr,                        no weight decay
+
+    modded-nanogpt and nanochat give the embeddings a far larger learning rate than the head;
+    the separate groups let a recipe do that. Setting `.lr` on the result scales every group
+    in proportion (see MultiOptimizer), so one schedule drives both optimizers.
+    """
+    groups = muon_param_groups(model)
+    if not groups["matrices"]:
+        raise ValueError("the model has no 2-D weights inside a ModuleList of blocks for Muon "
+                         "to update; use AdamW alone")
+    if embedding_lr is None:
+        embedding_lr = adamw_lr
+    if head_lr is None:
+        head_lr = adamw_lr
+    muon = Muon([{"params": groups["matrices"], "name": "matrices"}], lr=lr, momentum=momentum,
+                nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+    adamw = AdamW([{"params": groups["embeddings"], "name": "embeddings", "lr": embedding_lr,
+                    "weight_decay": adamw_weight_decay},
+                   {"params": groups["head"], "name": "head", "lr": head_lr,
+                    "weight_decay": adamw_weight_decay},
+                   {"params": groups["vectors"], "name": "vectors", "lr": adamw_lr,
+                    "weight_decay": 0.0}],
+                  lr=adamw_lr, betas=betas, eps=eps)
+    return MultiOptimizer([muon, adamw])
+
+
+class MultiOptimizer:
+    """Several optimizers over disjoint parameters, driven as one: `step`, `zero_grad`, `lr`,
+    `state_dict` and `load_state_dict` as a single Optimizer has them.
+
+    Learning rates: each group's lr at construction is its base. The first group of the first
+    optimizer is the reference, and `.lr` reads its current lr. Setting `.lr = value` sets
+    every group of every optimizer to base * value / reference base, so a schedule written
+    for the reference (e.g. Muon's 0.02 peak) scales AdamW's groups by the same factor;
+    `.lr_scale` is that factor itself.
+    """
+
+    def __init__(self, optimizers: Iterable[Optimizer]):
+        self.optimizers = list(optimizers)
+        if not self.optimizers:
+            raise ValueError("MultiOptimizer needs at least one optimizer")
+        seen: set[int] = set()
+        for number, optimizer in enumerate(self.optimizers):
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"optimizer {number} is a {type(optimizer).__name__}, not an "
+                                f"autograd.optim.Optimizer")
+            for _, _, p in optimizer._indexed_params():
+                if id(p) in seen:
+                    raise ValueError(f"a parameter of shape {p.shape} is in two of the "
+                                     f"optimizers; each must have its own parameters")
+                seen.add(id(p))
+        self.base_lrs = [[float(g["lr"]) for g in o.param_groups] for o in self.optimizers]
+        if not self.base_lrs[0][0] > 0.0:
+            raise ValueError(f"the first group's lr is the reference of MultiOptimizer.lr and "
+                             f"must be > 0, got {self.base_lrs[0][0]}")
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every optimizer's groups, in order (to read settings; a new list each time)."""
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def lr(self) -> float:
+        """The current lr of the reference group (the first optimizer's first group)."""
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if not value >= 0.0:
+            raise ValueError(f"lr must be >= 0, got {value}")
+        self.lr_scale = value / self.base_lrs[0][0]
+
+    @property
+    def lr_scale(self) -> float:
+        """Current lr / base lr, the same for every group."""
+        return self.lr / self.base_lrs[0][0]
+
+    @lr_scale.setter
+    def lr_scale(self, factor: float) -> None:
+        if not factor >= 0.0:
+            raise ValueError(f"lr_scale must be >= 0, got {factor}")
+        for optimizer, bases in zip(self.optimizers, self.base_lrs):
+            for group, base in zip(optimizer.param_groups, bases):
+                group["lr"] = base * factor
+
+    def step(self, parallel: DataParallel | None = None) -> None:
+        """Step every optimizer; with `parallel`, all their updates share the threads."""
+        _run_updates([item for optimizer in self.optimizers for item in optimizer._work()],
+                     parallel)
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"optimizers": [each optimizer's state_dict()], "base_lrs": [[...], ...]}."""
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+                "base_lrs": [list(bases) for bases in self.base_lrs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore every optimizer's state and the base learning rates; all or nothing.
+        Raises ValueError if the saved state is not one of this MultiOptimizer's shape."""
+        saved = state_dict.get("optimizers")
+        bases = state_dict.get("base_lrs")
+        if saved is None or bases is None:
+            raise ValueError(f"a MultiOptimizer state dict has the keys 'optimizers' and "
+                             f"'base_lrs', got {sorted(state_dict)} (saved by a single "
+                             f"optimizer?)")
+        if len(saved) != len(self.optimizers) or len(bases) != len(self.optimizers):
+            raise ValueError(f"the state dict holds {len(saved)} optimizers, this "
+                             f"MultiOptimizer has {len(self.optimizers)}")
+        for number, (group_bases, optimizer) in enumerate(zip(bases, self.optimizers)):
+            if len(group_bases) != len(optimizer.param_groups):
+                raise ValueError(f"optimizer {number}: the state dict has base lrs for "
+                                 f"{len(group_bases)} groups, the optimizer has "
+                                 f"{len(optimizer.param_groups)}")
+        before = [(optimizer.state, [dict(g) for g in optimizer.param_groups])
+                  for optimizer in self.optimizers]
+        try:
+            for entry, optimizer in zip(saved, self.optimizers):
+                optimizer.load_state_dict(entry)
+        except (ValueError, KeyError, TypeError):
+            for optimizer, (state, groups) in zip(self.optimizers, before):
+                optimizer.state = state
+                for group, settings in zip(optimizer.param_groups, groups):
+                    group.update(settings)
+            raise
+        self.base_lrs = [[float(b) for b in group_bases] for group_bases in bases]
 
 
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
