@@ -568,10 +568,19 @@ def _phrase_request(request: _Request, rng: random.Random, follow_up: bool) -> t
         plain = PLAIN_FOLLOW_UPS if follow_up else PLAIN_REQUESTS
         index = rng.randrange(len(plain))
         return plain[index], ("plain_follow_up" if follow_up else "plain") + f"/{index}"
+    if request.subjects:
+        templates, name = (FOLLOW_UPS, "follow_up") if follow_up else (OPENERS, "about")
+    else:
+        templates, name = ((FOLLOW_UPS_STORY_ONLY, "follow_up_story") if follow_up
+                           else (STORY_ONLY, "story"))
+    index = rng.randrange(len(templates))
+    template = templates[index]
     story, mood_clause = "a story", ""
     if request.mood:
         adjective, clauses = MOODS[request.mood]
-        if adjective and rng.random() < 0.5:
+        # "a happy story" only where the template says "{story}" ("Once more, but about ..."
+        # has no place for it)
+        if adjective and "story}" in template.lower() and rng.random() < 0.5:
             story = _article(f"{adjective} story")
         else:
             if request.subjects:        # not "a story about Lily about sharing"
@@ -585,19 +594,15 @@ def _phrase_request(request: _Request, rng: random.Random, follow_up: bool) -> t
             words_inline = rng.choice(WORDS_PHRASES).format(**values)
         else:
             words_sentence = rng.choice(WORDS_SENTENCES).format(**values)
+    about = ""
     if request.subjects:
-        templates, name = (FOLLOW_UPS, "follow_up") if follow_up else (OPENERS, "about")
         about = _join(request.subjects) + (" " + request.place if request.place else "")
         about += mood_clause + words_inline
     else:
-        templates, name = ((FOLLOW_UPS_STORY_ONLY, "follow_up_story") if follow_up
-                           else (STORY_ONLY, "story"))
-        about = ""
         if request.place:           # "a story set in the park", not "tell me ... in the park"
             story += rng.choice([" set ", " that happens ", " that takes place "]) + request.place
         story += mood_clause + words_inline
-    index = rng.randrange(len(templates))
-    text = templates[index].format(story=story, Story=story[0].upper() + story[1:], about=about)
+    text = template.format(story=story, Story=story[0].upper() + story[1:], about=about)
     text += words_sentence
     if rng.random() < 0.1:          # people do not always capitalise
         text = text[0].lower() + text[1:]

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from gpt.conversations import (
-    SMALL_TALK, Character, Conversation, ConversationError, RequestFacts, Thing, check_reply,
+    MOODS, SMALL_TALK, Character, Conversation, ConversationError, RequestFacts, Thing, check_reply,
     extract_facts, find_moods, find_names, main, make_benchmark_requests, make_conversations,
     make_request, make_splits, mentions, mentions_name, mood_holds, read_stories, split_holdout,
     story_id, word_forms)
@@ -129,6 +129,10 @@ def test_every_request_is_met_by_its_answer_valid_stories(valid_stories):
             assert name in request
         for word in turn.facts.words + turn.facts.kinds:
             assert word in request.lower()
+        for mood in turn.facts.moods:                 # "a happy story" or one of its clauses
+            adjective, clauses = MOODS[mood]
+            phrases = clauses + ((f"{adjective} story",) if adjective else ())
+            assert any(phrase in request for phrase in phrases), (request, mood)
     assert asked_something > 200
 
 
