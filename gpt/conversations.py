@@ -94,7 +94,7 @@ PLACES: dict[str, str] = {
     "park": "in the park", "forest": "in the forest", "garden": "in a garden",
     "beach": "at the beach", "school": "at school", "farm": "on a farm", "sea": "by the sea",
     "ocean": "in the ocean", "lake": "at a lake", "river": "by a river", "pond": "at a pond",
-    "jungle": "in the jungle", "town": "in a small town", "city": "in a big city",
+    "jungle": "in the jungle", "town": "in a town", "city": "in a city",
     "zoo": "at the zoo", "kitchen": "in the kitchen", "playground": "at the playground",
     "store": "at the store", "shop": "in a shop", "woods": "in the woods", "hill": "on a hill",
     "mountain": "on a mountain", "village": "in a village", "yard": "in the yard",
