@@ -38,6 +38,14 @@ def test_config_validation():
         GPTConfig.preset("gpt5")
     with pytest.raises(ValueError, match="block_size"):
         GPTConfig(block_size=0)
+    with pytest.raises(ValueError, match="block_size must be a positive integer"):
+        GPTConfig(block_size=1e9)                     # JSON's 1e9 is a float
+    with pytest.raises(ValueError, match="layer_norm_epsilon must be a small positive number"):
+        GPTConfig(layer_norm_epsilon="x")
+    with pytest.raises(ValueError, match="dropout must be a number"):
+        GPTConfig(dropout="0.1")
+    with pytest.raises(ValueError, match="bias must be true or false"):
+        GPTConfig(bias="yes")
 
 
 def _numpy_gpt_forward(params: dict, idx: np.ndarray, config: GPTConfig) -> np.ndarray:

@@ -20,6 +20,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _is_number(value: Any) -> bool:
+    """A real int or float: not a string, not a bool (JSON's true is not a rate)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT-2-style model.
@@ -46,8 +51,14 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by "
                              f"n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not (_is_number(self.layer_norm_epsilon)
+                and 0.0 < self.layer_norm_epsilon < 1.0):
+            raise ValueError(f"GPTConfig.layer_norm_epsilon must be a small positive number, "
+                             f"got {self.layer_norm_epsilon!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
 
     @property
     def head_size(self) -> int:
