@@ -472,9 +472,9 @@ def _newton_schulz(x: np.ndarray, y: np.ndarray, gram: np.ndarray, poly: np.ndar
 
 
 def orthogonalise(matrix: np.ndarray, steps: int = 5) -> np.ndarray:
-    """About U V^T for matrix = U S V^T: `steps` Newton-Schulz iterations in float32.
+    """About P Q^T for matrix = P S Q^T (its SVD): `steps` Newton-Schulz iterations in float32.
 
-    The singular vectors are kept exactly (up to rounding); the singular values s_i become
+    The singular vectors P, Q are kept (up to rounding); the singular values s_i become
     p(p(...p(s_i / |matrix|_F))) with Muon's quintic p, which lies in about [0.68, 1.21] after
     five steps for every s_i >= 2e-3 |matrix|_F. Muon's docstring derives it. Returns a new
     float32 array of the matrix's shape.
@@ -533,7 +533,7 @@ class Muon(Optimizer):
 
         p(X) = a X + b (X X^T) X + c (X X^T)^2 X = P p(S) Q^T,    p(x) = a x + b x^3 + c x^5.
 
-    Iterating k times applies p(p(...p(s))) to each singular value and leaves P and Q alone.
+    Iterating it applies p(p(...p(s))) to each singular value and leaves P and Q alone.
     If the iterates of p carry every x in (0, 1] to about 1, then NS(X) ~ P Q^T: three matrix
     products per iteration, and no SVD (slow, and nothing like a GEMM).
 
@@ -546,8 +546,8 @@ class Muon(Optimizer):
     P, Q are exact), and five iterations bring every singular value above about 2e-3 |X|_F into
     it. Smaller ones stay smaller: they hold almost none of the momentum.
 
-    Why normalise first. p keeps values in the band only when they start in [0, ~1.2]; beyond
-    it the c x^5 term takes over (p(2) = 33.7) and the iteration blows up. So the singular
+    Why normalise first. p keeps values in the band only when they start below about 1.26;
+    beyond that the c x^5 term takes over (p(2) = 33.7) and the iteration blows up. So the singular
     values must start in [0, 1]. Dividing by the Frobenius norm does it, since |X|_F^2 =
     sum_i s_i^2 >= s_max^2, and unlike s_max itself it costs one pass over X. (The division
     also makes U's scale irrelevant, which is why the momentum may be a mean rather than
@@ -580,7 +580,8 @@ class Muon(Optimizer):
     start from (modded-nanogpt, nanochat) tuned their Muon learning rates (0.02-0.05) with it.
 
     The iteration runs in float32 GEMMs whatever the parameter's dtype (it only has to land in
-    the band, so float32's rounding is irrelevant); the momentum keeps the parameter's dtype.
+    the band, and float32's rounding is far smaller than the band's width); the momentum keeps
+    the parameter's dtype.
     Muon is for the hidden matrices: embeddings (lookups, whose rows are updated by their own
     tokens), the output head and the vectors (gains, biases) go to AdamW; `muon_param_groups`
     sorts a model's parameters and `muon_with_adamw` builds both optimizers.
