@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from gpt.conversations import (
+from gpt.data.conversations import (
     MOODS, SMALL_TALK, Character, Conversation, ConversationError, RequestFacts, Thing, check_reply,
     extract_facts, find_moods, find_names, main, make_benchmark_requests, make_conversations,
     make_request, make_splits, mentions, mentions_name, mood_holds, read_stories, split_holdout,
     story_id, word_forms)
-from tests._paths import data_file
+from _paths import data_file
 
 MIA = ("Once upon a time, there was a little girl named Mia. Mia had a red ball. She played with "
        "it in the park every day. One day, a dog named Rex took the ball and ran away. Mia was "

@@ -1,6 +1,6 @@
 """Chat conversations made from TinyStories itself: requests that each story answers.
 
-    python -m gpt.conversations --n 5 [--file PATH] [--seed S] [--out conversations.jsonl]
+    python -m gpt.data.conversations --n 5 [--file PATH] [--seed S] [--out conversations.jsonl]
 
 A model pretrained on stories only continues text. To make it a storyteller that answers what it
 is asked, it is fine-tuned on conversations, and those conversations are made here from the
@@ -57,6 +57,9 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from gpt.data.corpora import fetch
+from gpt.errors import GPTError
 
 STORY_SEPARATOR = "<|endoftext|>"
 
@@ -266,7 +269,7 @@ def mood_holds(text: str, mood: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Facts of a story
 
-class ConversationError(ValueError):
+class ConversationError(GPTError, ValueError):
     """Bad input to the conversation generator (an unknown mood, an empty story file, ...)."""
 
 
@@ -852,23 +855,6 @@ def read_stories(path: str | os.PathLike) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-DEMO_STORIES = (
-    "Once upon a time, there was a little girl named Mia. Mia had a red ball. She played with "
-    "it in the park every day. One day, a dog named Rex took the ball and ran away. Mia was "
-    "sad. Rex came back and said, \"I am sorry. Can we play together?\" Mia smiled. They "
-    "played with the ball and became best friends.",
-    "Tom was a boy who liked to paint. He painted a big yellow sun and a blue sky. His cat, "
-    "Pip, jumped on the paper and made a mess. Tom laughed. \"Now it is a picture of you!\" he "
-    "said. Pip purred, and they were both happy.",
-)
-
-
-def _default_file() -> Path | None:
-    mirror = os.environ.get("DU_DATA_MIRROR")
-    path = Path(mirror) / "tinystories" / "train.txt" if mirror else None
-    return path if path and path.exists() else None
-
-
 def _format(conversation: Conversation) -> str:
     lines = [f"--- {conversation.split} conversation"]
     for message in conversation.messages:
@@ -882,10 +868,10 @@ def _format(conversation: Conversation) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gpt.conversations",
+        prog="python -m gpt.data.conversations",
         description="Make chat conversations from TinyStories and print examples.")
-    parser.add_argument("--file", help="a TinyStories text file (default: "
-                        "$DU_DATA_MIRROR/tinystories/train.txt, else two built-in stories)")
+    parser.add_argument("--file", help="a TinyStories text file (default: the named corpus "
+                        "tinystories, found or downloaded by gpt.data.corpora.fetch)")
     parser.add_argument("--n", type=int, default=5, help="how many conversations to print")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--holdout", type=float, default=0.05,
@@ -895,19 +881,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n < 0:
             raise ConversationError(f"--n must be 0 or more, got {args.n}")
-        path = args.file or _default_file()
-        stories = read_stories(path) if path else list(DEMO_STORIES)
+        path = args.file or fetch("tinystories")
+        stories = read_stories(path)
         started = time.perf_counter()
         splits = make_splits(stories, seed=args.seed, holdout_fraction=args.holdout)
         seconds = time.perf_counter() - started
-    except ConversationError as error:
+    except GPTError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     shown = random.Random(args.seed).sample(splits.train, min(args.n, len(splits.train)))
     for conversation in shown:
         print(_format(conversation), end="\n\n")
     turns = sum(len(c.turns) for c in splits.train)
-    print(f"{len(stories)} stories from {path or 'the built-in demo'}: {len(splits.train)} "
+    print(f"{len(stories)} stories from {path}: {len(splits.train)} "
           f"training conversations ({turns} assistant turns), {len(splits.held_out)} held out, "
           f"made in {seconds:.1f} s")
     if args.out:
