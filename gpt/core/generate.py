@@ -1,10 +1,11 @@
 """Text generation: KV-cached decoding, sampling (temperature, top-k, top-p, repetition
 penalty), stop tokens and stop strings, and a streaming iterator of text.
 
-How a GPT writes: it reads the prompt and gives a distribution over the next token; we pick one,
-append it, and ask again. Without a cache each step would re-run the whole context through the
-model. With a KV cache the prompt is run once ("prefill") and every later step feeds only the
-newest token ("decode"), reusing the keys and values already computed for the past.
+How a language model (GPT or Llama) writes: it reads the prompt and gives a distribution over
+the next token; we pick one, append it, and ask again. Without a cache each step would re-run
+the whole context through the model. With a KV cache the prompt is run once ("prefill") and
+every later step feeds only the newest token ("decode"), reusing the keys and values already
+computed for the past.
 """
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from autograd import no_grad
+from gpt.core.llama import Llama
 from gpt.core.model import GPT
+
+# Either family: both take (idx, kv_cache, last_only), make caches with new_kv_cache(), and
+# have config.block_size and config.vocab_size, which is all generation uses.
+LanguageModel = GPT | Llama
 
 
 # The most tokens one chat reply may ask for (chat.py and the server's default cap): past the
@@ -97,8 +103,8 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     return min(index, probs.size - 1)
 
 
-def generate_tokens(model: GPT, prompt_ids: Sequence[int], params: SamplingParams | None = None,
-                    rng: np.random.Generator | None = None,
+def generate_tokens(model: LanguageModel, prompt_ids: Sequence[int],
+                    params: SamplingParams | None = None, rng: np.random.Generator | None = None,
                     should_stop: Callable[[], bool] | None = None,
                     on_logits: Callable[[np.ndarray], None] | None = None) -> Iterator[int]:
     """Yield new token ids one at a time (batch of one), with a KV cache.
@@ -148,8 +154,8 @@ def generate_tokens(model: GPT, prompt_ids: Sequence[int], params: SamplingParam
         model.train(was_training)
 
 
-def generate(model: GPT, prompt_ids: Sequence[int], params: SamplingParams | None = None,
-             **overrides) -> list[int]:
+def generate(model: LanguageModel, prompt_ids: Sequence[int],
+             params: SamplingParams | None = None, **overrides) -> list[int]:
     """The new token ids as a list. Keyword overrides set SamplingParams fields, e.g.
     generate(model, ids, max_new_tokens=50, temperature=0)."""
     params = params or SamplingParams()
@@ -158,7 +164,7 @@ def generate(model: GPT, prompt_ids: Sequence[int], params: SamplingParams | Non
     return list(generate_tokens(model, prompt_ids, params))
 
 
-def generate_uncached(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int,
+def generate_uncached(model: LanguageModel, prompt_ids: Sequence[int], max_new_tokens: int,
                       on_logits: Callable[[np.ndarray], None] | None = None) -> list[int]:
     """Greedy decoding by re-running the whole context every step: the slow, obviously-correct
     reference that the cached path is tested against (`on_logits` as in generate_tokens)."""

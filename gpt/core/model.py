@@ -27,25 +27,34 @@ from autograd.random import default_rng
 from gpt.core.config import GPTConfig
 
 
+# Positions a new KV cache makes room for before it first grows.
+_INITIAL_CACHE_CAPACITY = 256
+
+
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated.
+    """Keys and values of every layer for the positions seen so far.
 
     Generating token t+1 needs the keys and values of tokens 0..t at every layer. They do not
     change once computed (causal attention: the past never looks at the future), so each step
     computes them only for the new token and appends them here: one token of work per step
     instead of the whole context.
+
+    Storage is (n_layer, B, n_head, capacity, head_size) for keys and for values. The capacity
+    starts small and doubles when a step needs more (up to `max_length`), so a model with a
+    context of 128k positions does not set aside gigabytes for a chat of a few hundred tokens;
+    each doubling copies what is cached once, a cost spread thinly over the steps it serves.
+    `n_head` counts the key/value heads (fewer than the query heads under grouped-query
+    attention, which is the point of it).
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_length: int | None = None,
-                 dtype=np.float32):
-        self.max_length = max_length or config.block_size
-        if self.max_length > config.block_size:
-            raise ValueError(f"KVCache: max_length {self.max_length} exceeds the model's "
-                             f"block_size {config.block_size}")
-        shape = (config.n_layer, batch_size, config.n_head, self.max_length, config.head_size)
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_size: int,
+                 max_length: int, dtype=np.float32):
+        self.max_length = max_length
+        self.length = 0                 # positions filled so far
+        capacity = min(max_length, _INITIAL_CACHE_CAPACITY)
+        shape = (n_layer, batch_size, n_head, capacity, head_size)
         self.keys = np.zeros(shape, dtype=dtype)
         self.values = np.zeros(shape, dtype=dtype)
-        self.length = 0                 # positions filled so far
 
     def reset(self) -> None:
         self.length = 0
@@ -53,9 +62,54 @@ class KVCache:
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write the new (B, H, T, D) keys and values after the cached ones; return all of them."""
         start, end = self.length, self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KVCache: {end} positions do not fit in max_length "
+                             f"{self.max_length}")
+        if end > self.keys.shape[3]:
+            self._grow(end)
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def _grow(self, needed: int) -> None:
+        # Called by layer 0's store, before any layer has written this step: every layer's
+        # first `length` positions are what there is to keep.
+        capacity = min(self.max_length, max(needed, 2 * self.keys.shape[3]))
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = np.zeros(old.shape[:3] + (capacity,) + old.shape[4:], dtype=old.dtype)
+            new[:, :, :, :self.length] = old[:, :, :, :self.length]
+            setattr(self, name, new)
+
+
+
+def cache_length(max_length: int | None, block_size: int) -> int:
+    """The positions a new KV cache holds: `max_length`, by default the model's context."""
+    max_length = max_length or block_size
+    if max_length > block_size:
+        raise ValueError(f"KVCache: max_length {max_length} exceeds the model's block_size "
+                         f"{block_size}")
+    return max_length
+
+
+def token_batch(idx, kv_cache: KVCache | None, block_size: int) -> tuple[np.ndarray, int]:
+    """`idx` as a (B, T) integer array, and the position of its first token (after the cached
+    ones); a clear error for anything a model cannot read."""
+    idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if idx.ndim == 1:
+        idx = idx[None, :]
+    if idx.ndim != 2 or idx.dtype.kind not in "iu":
+        raise ValueError(f"the model expects integer token ids of shape (B, T), got shape "
+                         f"{idx.shape} and dtype {idx.dtype}")
+    T = idx.shape[1]
+    start = kv_cache.length if kv_cache is not None else 0
+    limit = kv_cache.max_length if kv_cache is not None else block_size
+    if start + T > limit:
+        raise ValueError(f"sequence of {start + T} tokens ({start} cached + {T} new) is "
+                         f"longer than the model's context of {limit} (block_size)")
+    if T == 0:
+        raise ValueError("the model got an empty sequence (T = 0)")
+    return idx, start
 
 
 class CausalSelfAttention(Module):
@@ -166,21 +220,8 @@ class GPT(Module):
         With a `kv_cache`, `idx` holds only the new tokens; their positions continue after the
         cached ones, and the cache is extended by T.
         """
-        idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
-        if idx.ndim == 1:
-            idx = idx[None, :]
-        if idx.ndim != 2 or idx.dtype.kind not in "iu":
-            raise ValueError(f"GPT expects integer token ids of shape (B, T), got shape "
-                             f"{idx.shape} and dtype {idx.dtype}")
-        B, T = idx.shape
-        start = kv_cache.length if kv_cache is not None else 0
-        limit = kv_cache.max_length if kv_cache is not None else self.config.block_size
-        if start + T > limit:
-            raise ValueError(f"sequence of {start + T} tokens ({start} cached + {T} new) is "
-                             f"longer than the model's context of {limit} (block_size)")
-        if T == 0:
-            raise ValueError("GPT got an empty sequence (T = 0)")
-
+        idx, start = token_batch(idx, kv_cache, self.config.block_size)
+        T = idx.shape[1]
         positions = np.arange(start, start + T)
         x = self.drop(self.wte(idx) + self.wpe(positions))           # (B, T, C)
         for layer, block in enumerate(self.h):
@@ -205,4 +246,6 @@ class GPT(Module):
         return F.linear_cross_entropy(hidden, self.wte.weight, targets, ignore_index=ignore_index)
 
     def new_kv_cache(self, batch_size: int = 1, max_length: int | None = None) -> KVCache:
-        return KVCache(self.config, batch_size, max_length, dtype=self.wte.weight.dtype)
+        config = self.config
+        return KVCache(config.n_layer, batch_size, config.n_head, config.head_size,
+                       cache_length(max_length, config.block_size), dtype=self.wte.weight.dtype)

@@ -2,6 +2,7 @@
 
     config.json          the model's shape, in Hugging Face GPT-2 keys plus our own
     model.safetensors    the weights, named as Hugging Face names GPT-2's (`transformer.h.0...`)
+                         (or shards and model.safetensors.index.json, as large models come)
     tokenizer.du.json    our tokenizer file (Hugging Face's `tokenizer.json` is another format)
     vocab.json, merges.txt   GPT-2's tokenizer files, when the tokenizer is GPT-2's
     optimizer.npz        optimizer state (training checkpoints only)
@@ -9,6 +10,8 @@
 
 The first two are exactly what `transformers.GPT2LMHeadModel.from_pretrained` reads, so a
 directory written by `save_pretrained` opens there, and a Hugging Face GPT-2 directory opens here.
+The Llama family (gpt.core.llama: Llama 3, SmolLM2, Qwen3) uses the same files in Hugging Face's
+Llama/Qwen3 layout; config.json's model_type says which family, and gpt.io.hf_llama maps it.
 
 A training run directory holds two checkpoints, `latest/` and `best/` (lowest validation loss).
 Each is written to a temporary directory first and swapped into place with renames, so a run
@@ -30,13 +33,18 @@ from autograd.optim import join_arrays, split_arrays
 from bpe import Tokenizer, load_tokenizer
 from bpe.gpt2 import find_gpt2_files, gpt2_files_problem, save_gpt2_files
 from gpt.core.config import GPTConfig
+from gpt.core.llama import Llama, LlamaConfig
 from gpt.core.model import GPT
 from gpt.errors import GPTError
 from gpt.io.files import atomic_write, default_model_dir
-from gpt.io.safetensors import SafetensorsError, load_file, save_file
+from gpt.io.hf_llama import (LLAMA_MODEL_TYPES, is_llama_config, llama_config_from_hf,
+                              llama_config_to_hf, llama_hf_state_dict, llama_weights_from_hf,
+                              to_our_layout)
+from gpt.io.safetensors import SafetensorsError, load_file, load_sharded, save_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"     # the shards of a large checkpoint
 TOKENIZER_FILE = "tokenizer.du.json"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "train_state.json"
@@ -83,6 +91,10 @@ def config_to_hf(config: GPTConfig, eot_id: int | None = None) -> dict[str, Any]
 
 def config_from_hf(values: dict[str, Any], source: object = "config.json") -> GPTConfig:
     """Our GPTConfig from a config.json: ours if present, else mapped from GPT-2's keys."""
+    model_type = values.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise CheckpointError(f"{source}: model_type {model_type!r} is not supported (supported: "
+                              f"{', '.join(['gpt2', *LLAMA_MODEL_TYPES])})")
     if "deep_understanding" in values:
         return GPTConfig.from_dict(values["deep_understanding"])
     try:
@@ -104,7 +116,7 @@ def config_from_hf(values: dict[str, Any], source: object = "config.json") -> GP
         raise CheckpointError(f"{source}: missing key {missing} (not a GPT-2 config)") from None
 
 
-def read_config(directory: Path) -> GPTConfig:
+def read_config(directory: Path) -> GPTConfig | LlamaConfig:
     path = directory / CONFIG_FILE
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -115,6 +127,8 @@ def read_config(directory: Path) -> GPTConfig:
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} does not hold a JSON object")
     try:
+        if is_llama_config(values):
+            return llama_config_from_hf(values)
         return config_from_hf(values, path)
     except (TypeError, ValueError) as error:
         if isinstance(error, CheckpointError):
@@ -211,13 +225,18 @@ def _some(names: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def save_pretrained(model: GPT, directory: str | os.PathLike, tokenizer=None) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer files) into `directory`."""
+def save_pretrained(model: GPT | Llama, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files) into `directory`, in Hugging
+    Face's layout of the model's family (GPT-2, or Llama/Qwen3)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     eot = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
-    _write_json(directory / CONFIG_FILE, config_to_hf(model.config, eot))
-    save_file(hf_state_dict(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    if isinstance(model, Llama):
+        config, tensors = llama_config_to_hf(model.config, eot, eot), llama_hf_state_dict(model)
+    else:
+        config, tensors = config_to_hf(model.config, eot), hf_state_dict(model)
+    _write_json(directory / CONFIG_FILE, config)
+    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory)
     return directory
@@ -276,14 +295,11 @@ def resolve_checkpoint(path: str | os.PathLike,
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a directory (expected a directory "
                               f"holding {CONFIG_FILE} and {WEIGHTS_FILE}, or a run directory)")
-    if (path / WEIGHTS_FILE).is_file():
+    if (path / WEIGHTS_FILE).is_file() or (path / INDEX_FILE).is_file():
         return path
     for name in ("best", "latest", "best.old", "latest.old"):
         if (path / name / WEIGHTS_FILE).is_file():
             return path / name
-    if (path / f"{WEIGHTS_FILE}.index.json").is_file():
-        raise CheckpointError(f"{path} holds a sharded checkpoint ({WEIGHTS_FILE}.index.json), "
-                              f"which is not supported: save it as one {WEIGHTS_FILE}")
     if (path / "pytorch_model.bin").is_file():
         raise CheckpointError(f"{path} holds only pytorch_model.bin, a PyTorch pickle, which is "
                               f"not read here (unpickling runs code): get the {WEIGHTS_FILE} of "
@@ -292,8 +308,11 @@ def resolve_checkpoint(path: str | os.PathLike,
                           f"or a run directory with best/ or latest/")
 
 
-def load_pretrained(path: str | os.PathLike, dtype=np.float32, **config_overrides) -> GPT:
-    """Build a GPT from a checkpoint directory (ours or Hugging Face's GPT-2 layout).
+def load_pretrained(path: str | os.PathLike, dtype=np.float32,
+                    **config_overrides) -> GPT | Llama:
+    """Build a model from a checkpoint directory: a GPT (ours or Hugging Face's GPT-2 layout),
+    or a Llama (Hugging Face's Llama/Qwen3 layout, ours of that family), by config.json's
+    model_type. Sharded weights (model.safetensors.index.json) load shard by shard.
 
     `path` may also be a run directory (see `resolve_checkpoint`). `config_overrides` replace
     fields of the stored config: `dropout=0.1` for fine-tuning, or a smaller `block_size`,
@@ -307,7 +326,8 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32, **config_override
     model is built inside `skip_init()`, so no random weights are drawn only to be thrown
     away. Pages are read from disk as they are first used, and a page that training writes
     becomes private to this process; the file never changes. F16/BF16 files are widened to
-    float32 (new arrays, twice the file's size).
+    float32 (new arrays, twice the file's size). Llama-family files store Linear weights
+    transposed: those are copied into our layout one tensor at a time as they are read.
     """
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"load_pretrained: dtype must be float32 or float64, got {dtype}")
@@ -315,14 +335,24 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32, **config_override
     config = read_config(directory)
     if config_overrides:
         try:
-            config = GPTConfig(**{**config.to_dict(), **config_overrides})
+            config = type(config)(**{**config.to_dict(), **config_overrides})
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{directory}: cannot apply {config_overrides}: "
                                   f"{error}") from None
+    llama = isinstance(config, LlamaConfig)
+    transform = to_our_layout if llama else None
     try:
-        tensors = load_file(directory / WEIGHTS_FILE, writable=True)
+        if (directory / WEIGHTS_FILE).is_file():
+            tensors = load_file(directory / WEIGHTS_FILE, writable=True, transform=transform)
+        else:
+            tensors = load_sharded(directory / INDEX_FILE, writable=True, transform=transform)
     except SafetensorsError as error:
         raise CheckpointError(f"{error}") from None
+    if llama:
+        with skip_init():
+            model = Llama(config)
+        adopt_weights(model, llama_weights_from_hf(tensors, config), dtype, source=directory)
+        return model
     state = weights_from_hf(tensors, directory / WEIGHTS_FILE)
     positions = state.get("wpe.weight")
     if "block_size" in config_overrides and positions is not None \

@@ -21,6 +21,10 @@ implementation enforces, so a file we accept is a file it accepts.
 
 NumPy has no bfloat16. BF16 is the top half of a float32 (same exponent, 7-bit mantissa), so
 widening is exact: put the 16 stored bits in the high half of a 32-bit word.
+
+Large checkpoints come in shards: `model-00001-of-00002.safetensors`, ... and an index,
+`model.safetensors.index.json`, whose "weight_map" names the shard of every tensor.
+`load_sharded` reads them all through `load_file`, one shard after another.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -43,6 +47,7 @@ __all__ = [
     "SafetensorsError",
     "TensorInfo",
     "load_file",
+    "load_sharded",
     "read_header",
     "save_file",
 ]
@@ -166,7 +171,8 @@ def _is_count(value: object) -> bool:
 
 
 def load_file(
-    path: str | os.PathLike, *, widen: bool = True, writable: bool = False
+    path: str | os.PathLike, *, widen: bool = True, writable: bool = False,
+    transform: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Load every tensor of a safetensors file, memory-mapped, in the file's order.
 
@@ -180,6 +186,10 @@ def load_file(
     system's file cache, so a model whose parameters *are* these arrays costs no second copy.
     The file must not be changed in place while mapped (replacing it by a rename, as
     `save_file` does, is safe: the mapping keeps the old file).
+
+    `transform(name, array)`, if given, is applied to each tensor as it is read (after
+    widening) and its result is what is returned: a loader that must rearrange tensors (a
+    transpose, say) does it one tensor at a time, so the file is never held twice over.
     """
     tensors, _, data_start = _read_header(path)
     # Map the whole file once (the header makes it non-empty: mmap cannot map zero bytes). The
@@ -191,13 +201,59 @@ def load_file(
     for name, info in tensors.items():
         begin, end = data_start + info.begin, data_start + info.end
         array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=mapped[begin:end])
-        if widen and info.dtype in ("F16", "BF16"):
-            if info.dtype == "F16":
-                array = array.astype(np.float32)
-            else:
-                array = (array.astype(np.uint32) << 16).view(np.float32)
+        if widen and info.dtype == "F16":
+            array = array.astype(np.float32)
+        elif widen and info.dtype == "BF16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        if transform is not None:
+            array = transform(name, array)
+        if not np.may_share_memory(array, mapped):      # a new array: the bytes are done with
             _release_pages(mapping, begin, end)
         out[name] = array
+    return out
+
+
+def load_sharded(
+    index_path: str | os.PathLike, *, widen: bool = True, writable: bool = False,
+    transform: Callable[[str, np.ndarray], np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Load every tensor of a sharded checkpoint from its index (`*.safetensors.index.json`).
+
+    The index's "weight_map" maps each tensor name to the file that holds it, in the index's
+    directory. Each shard is read by `load_file` (same options) and must hold exactly the
+    tensors the index gives it: a shard that is missing, or that disagrees with the index, is
+    an error naming it, not a model with a hole in it.
+    """
+    index_path = os.fspath(index_path)
+    directory = os.path.dirname(index_path)
+    try:
+        with open(index_path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SafetensorsError(f"{index_path}: not valid UTF-8 JSON ({err})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise SafetensorsError(f"{index_path}: needs a non-empty \"weight_map\" of tensor name -> file name")
+    names_by_shard: dict[str, set[str]] = {}
+    for name, shard in weight_map.items():
+        names_by_shard.setdefault(shard, set()).add(name)
+    out: dict[str, np.ndarray] = {}
+    for shard, names in names_by_shard.items():
+        if os.path.basename(shard) != shard or shard in (".", ".."):
+            raise SafetensorsError(f"{index_path}: shard {shard!r} is not a file name in the index's directory")
+        path = os.path.join(directory, shard)
+        if not os.path.isfile(path):
+            raise SafetensorsError(f"{index_path}: shard {shard} is missing (expected at {path})")
+        tensors = load_file(path, widen=widen, writable=writable, transform=transform)
+        if set(tensors) != names:
+            missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
+            raise SafetensorsError(
+                f"{path} does not hold what {os.path.basename(index_path)} says: "
+                f"missing {missing[:5]}, not in the index {extra[:5]}"
+            )
+        out.update(tensors)
     return out
 
 
@@ -238,7 +294,7 @@ def save_file(
     header: dict[str, object] = {}
     if metadata:
         header[_METADATA] = dict(metadata)
-    arrays: list[np.ndarray] = []
+    arrays: list[tuple[np.ndarray, np.dtype]] = []
     offset = 0
     for name in sorted(tensors):
         array = np.asarray(tensors[name])
@@ -248,20 +304,23 @@ def save_file(
                 f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store "
                 f"(supported: {', '.join(str(d) for d in _NAME_OF_DTYPE)})"
             )
-        array = np.asarray(array, dtype=stored, order="C")  # keeps 0-d arrays 0-d
+        nbytes = array.size * stored.itemsize
         header[name] = {
             "dtype": _NAME_OF_DTYPE[stored],
             "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += array.nbytes
-        arrays.append(array)
+        offset += nbytes
+        arrays.append((array, stored))
 
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
     with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(header_bytes)))
         f.write(header_bytes)
-        for array in arrays:
-            # A flat byte view writes the buffer as it is, without a tobytes() copy.
-            f.write(memoryview(array.reshape(-1).view(np.uint8)))
+        for array, stored in arrays:
+            # Made C-ordered and little-endian one tensor at a time, as it is written: tensors
+            # given as views (transposed weights, say) cost one tensor of memory, not all of
+            # them. A flat byte view then writes the buffer as it is, without a tobytes() copy.
+            data = np.asarray(array, dtype=stored, order="C")  # keeps 0-d arrays 0-d
+            f.write(memoryview(data.reshape(-1).view(np.uint8)))
