@@ -5,9 +5,14 @@
     from autograd.nn import Module, Linear, ...
     from autograd.optim import AdamW, clip_grad_norm
     from autograd.gradcheck import gradcheck
+    from autograd.profiler import profile
+    from autograd.parallel import DataParallel
+    from autograd.allocator import keep_freed_memory   # a script's choice: tunes malloc
+
+Importing the package changes nothing outside it: the malloc tuning that training and
+generation profit from is an explicit call (`autograd.allocator`), made by train.py and chat.py.
 """
 from . import functional, nn, optim
-from .allocator import keep_freed_memory
 from .nn import Module, Parameter
 from .random import manual_seed
 from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_grad, split,
@@ -16,5 +21,3 @@ from .tensor import (Tensor, cat, concatenate, enable_grad, is_grad_enabled, no_
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "concatenate", "cat",
            "stack", "split", "unbroadcast", "manual_seed", "functional", "nn", "optim", "Module",
            "Parameter"]
-
-keep_freed_memory()

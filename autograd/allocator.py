@@ -10,8 +10,12 @@ zeroed by the kernel per step, 10-15 % of the step's time.
 Raising two thresholds makes malloc keep those blocks and reuse them: blocks up to
 `MMAP_THRESHOLD` come from the heap instead of their own mapping, and the heap's free top is
 only returned to the system beyond `TRIM_THRESHOLD`. The cost: the process's resident memory
-stays near its peak instead of shrinking between steps. Set the environment variable
-DU_KEEP_MALLOC=1 to leave malloc as it is. Does nothing where malloc is not glibc's.
+stays near its peak instead of shrinking between steps.
+
+The setting is the whole process's, so importing `autograd` does not make it: a script that
+trains or generates calls `keep_freed_memory()` once, at its start (train.py and chat.py do).
+Set the environment variable DU_KEEP_MALLOC=1 to make that call leave malloc as it is. It does
+nothing where malloc is not glibc's.
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ tuned = False
 
 
 def keep_freed_memory() -> bool:
-    """Apply the thresholds once; True if glibc accepted them."""
+    """Raise malloc's mmap and trim thresholds for the rest of the process (once; later calls
+    do nothing). True if glibc accepted them; False where malloc is not glibc's, and when
+    DU_KEEP_MALLOC is set."""
     global tuned
     if tuned or os.environ.get("DU_KEEP_MALLOC") or not sys.platform.startswith("linux"):
         return tuned

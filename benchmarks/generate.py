@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autograd import no_grad  # noqa: E402
+from autograd.allocator import keep_freed_memory  # noqa: E402
 from autograd.nn import skip_init  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
 
@@ -134,4 +135,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                  # as chat.py does
     sys.exit(main())
