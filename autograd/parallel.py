@@ -10,7 +10,8 @@ thread that another program has pushed off its core.
     with DataParallel(threads=2) as parallel:
         losses = parallel.backward(lambda x, y: model.loss(x, y), shards, params, rngs)
 
-Each thread adds its leaf gradients into a private dict (`leaf_grads_into`), and they are summed
+Each thread collects its leaf gradients in a `ShardGrads` dict of its own (installed as the
+thread's leaf-gradient accumulator with `autograd.tensor.leaf_grads_to`), and they are summed
 into `.grad` afterwards in shard order, so the result does not depend on which thread finished
 first, and a run is exactly repeatable. Each shard may get its own random generator (dropout).
 """
@@ -26,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .random import using_rng
-from .tensor import Tensor, leaf_grads_into
+from .tensor import Tensor, leaf_grads_to
 
 # ----------------------------------------------------------------------------------------------
 # How many threads the BLAS library may use for one matrix product.
@@ -137,23 +138,23 @@ class DataParallel:
         if len(weights) != len(shards) or (rngs is not None and len(rngs) != len(shards)):
             raise ValueError("DataParallel.backward: one weight (and rng) per shard")
 
-        def run(i: int) -> tuple[float, dict]:
-            sink: dict[int, np.ndarray] = {}
+        def run(i: int) -> tuple[float, ShardGrads]:
+            shard_grads = ShardGrads()
             rng_context = using_rng(rngs[i]) if rngs is not None else nullcontext()
-            with rng_context, leaf_grads_into(sink):
+            with rng_context, leaf_grads_to(shard_grads.add):
                 loss = loss_fn(*shards[i])
                 (loss * weights[i]).backward()
-            return loss.item(), sink
+            return loss.item(), shard_grads
 
         if self._pool is None or len(shards) == 1:
             results = [run(i) for i in range(len(shards))]
         else:
             results = list(self._pool.map(run, range(len(shards))))
-        sinks = [sink for _, sink in results]
+        per_shard = [shard_grads for _, shard_grads in results]
 
         def add_up(part: list[Tensor]) -> None:
             for p in part:
-                _add_shard_grads(p, [sink[id(p)] for sink in sinks if id(p) in sink])
+                _add_shard_grads(p, [grads[id(p)] for grads in per_shard if id(p) in grads])
         self.map_parts(add_up, list(params), [p.size for p in params])
         return [loss for loss, _ in results]
 
@@ -178,6 +179,16 @@ class DataParallel:
             parts[lightest].append(items[i])
             loads[lightest] += sizes[i]
         list(self._pool.map(fn, [part for part in parts if part]))
+
+
+class ShardGrads(dict):
+    """One shard's leaf gradients, id(leaf) -> array, collected in that shard's thread."""
+
+    def add(self, leaf: Tensor, g: np.ndarray) -> None:
+        """The thread's leaf-gradient accumulator (see `autograd.tensor.leaf_grads_to`)."""
+        so_far = self.get(id(leaf))
+        # Not `+=`: `so_far` may be an array that some op also holds.
+        self[id(leaf)] = g if so_far is None else so_far + g
 
 
 def _add_shard_grads(p: Tensor, grads: list[np.ndarray]) -> None:

@@ -5,19 +5,22 @@
         loss.backward()
     print(prof.table())
 
-Backward time is exact: the engine times each node's backward closure. Forward time is
-charged by a cheap rule: the time between one op's output and the next op's output goes to the
-next op. Ops run one after another, so that is the op's own work plus the Python glue around
-it (a model's forward code between two ops), which is what you would want to optimise anyway.
+The profiler plugs into the engine through `autograd.tensor.op_hook`: each op made inside the
+block reports its output, and the profiler wraps the op's backward function in a timer. So
+backward time is exact, for the ops recorded inside the block (a graph built before the block
+goes untimed). Forward time is charged by a cheap rule: the time between one op's output and
+the next op's output goes to the next op. Ops run one after another, so that is the op's own
+work plus the Python glue around it (a model's forward code between two ops), which is what you
+would want to optimise anyway.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
-from . import tensor as _tensor
+from .tensor import op_hook
 
 
 class OpProfile:
@@ -28,16 +31,21 @@ class OpProfile:
         self.other: dict[str, float] = defaultdict(float)
         self._last = time.perf_counter()
 
-    # called by the engine
-    def op_created(self, op: str) -> None:
+    def op_made(self, op: str, backward: Callable) -> Callable:
+        """The op hook: charge the forward time since the last op to `op`, and return its
+        backward function wrapped in a timer."""
         now = time.perf_counter()
         self.forward[op] += now - self._last
         self.calls[op] += 1
         self._last = now
 
-    def backward_done(self, op: str, seconds: float) -> None:
-        self.backward[op] += seconds
-        self._last = time.perf_counter()
+        def timed_backward(g):
+            start = time.perf_counter()
+            grads = backward(g)
+            self._last = time.perf_counter()
+            self.backward[op] += self._last - start
+            return grads
+        return timed_backward
 
     def mark(self) -> None:
         """Start charging forward time from now (call after work that is not an op)."""
@@ -78,9 +86,5 @@ class OpProfile:
 def profile() -> Iterator[OpProfile]:
     """Collect an OpProfile of everything run inside the block."""
     prof = OpProfile()
-    previous = _tensor._profiler
-    _tensor._profiler = prof
-    try:
+    with op_hook(prof.op_made):
         yield prof
-    finally:
-        _tensor._profiler = previous

@@ -10,65 +10,115 @@ gradient is complete (summed over all its uses) before it is passed on to its pa
 
 Notation in the docstrings: `g` is dL/d(out), the gradient arriving from above; each op returns
 dL/d(input) for each input. Shapes are written like `(B, T, C)`.
+
+The rule for inputs that need no gradient: an op's backward returns None for every input whose
+`requires_grad` was False when the op ran, and skips computing that gradient (a constant
+operand, a frozen weight). An op is recorded only if some input needs a gradient, so for a
+one-input op the rule holds by itself; ops with several inputs test each one. The engine
+skips a None.
+
+Two things that are not the chain rule plug into the engine from outside:
+- where leaf gradients go: into `leaf.grad` unless a thread has set its own accumulator with
+  `leaf_grads_to(accumulate)` (`autograd.parallel` does: each thread collects its own shard's
+  gradients);
+- `op_hook(hook)`: every op output made inside the block calls `hook(op, backward)` and records
+  the backward function it returns (`autograd.profiler` wraps each one in a timer).
 """
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 # ----------------------------------------------------------------------------------------------
-# Grad mode: inside `no_grad()` ops record nothing (generation, evaluation).
-# Thread-local so that a server thread generating text cannot switch recording off for another.
+# Per-thread engine state: whether ops record a graph, and where leaf gradients go.
+# Thread-local so that a server thread generating text under `no_grad()` cannot switch recording
+# off for another thread, and so that each data-parallel thread can collect its own gradients.
 
-_state = threading.local()
-_profiler = None        # an autograd.profiler.OpProfile while one is active
+LeafGradAccumulator = Callable[["Tensor", np.ndarray], None]
+
+
+def add_into_grad(leaf: "Tensor", g: np.ndarray) -> None:
+    """The default home of a leaf's gradient: added into `leaf.grad`."""
+    if leaf.grad is None:
+        # A copy: the same array may also have been handed to another tensor.
+        leaf.grad = np.array(g, dtype=leaf.dtype, copy=True)
+    else:
+        leaf.grad += g
+
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:       # runs once in each thread that uses the engine
+        self.grad_enabled = True
+        self.accumulate_leaf_grad: LeafGradAccumulator = add_into_grad
+
+
+_state = _ThreadState()
 
 
 def is_grad_enabled() -> bool:
-    return getattr(_state, "enabled", True)
+    return _state.grad_enabled
 
 
 @contextmanager
 def no_grad() -> Iterator[None]:
     """Context manager (and decorator) under which no graph is recorded."""
-    previous = is_grad_enabled()
-    _state.enabled = False
+    previous = _state.grad_enabled
+    _state.grad_enabled = False
     try:
         yield
     finally:
-        _state.enabled = previous
+        _state.grad_enabled = previous
 
 
 @contextmanager
 def enable_grad() -> Iterator[None]:
     """Record a graph again, e.g. inside a `no_grad()` block."""
-    previous = is_grad_enabled()
-    _state.enabled = True
+    previous = _state.grad_enabled
+    _state.grad_enabled = True
     try:
         yield
     finally:
-        _state.enabled = previous
+        _state.grad_enabled = previous
 
 
 @contextmanager
-def leaf_grads_into(sink: dict) -> Iterator[dict]:
-    """Inside this block (in this thread), backward() adds leaf gradients into `sink`
-    (id(leaf) -> array) instead of `leaf.grad`.
+def leaf_grads_to(accumulate: LeafGradAccumulator) -> Iterator[None]:
+    """Inside this block, in this thread only, backward() hands each leaf's gradient to
+    `accumulate(leaf, g)` instead of adding it into `leaf.grad`.
 
     This is what lets several threads run backward passes over one model at once
     (`autograd.parallel`): each thread collects its own gradients, and they are summed
     afterwards in a fixed order, with no two threads ever writing the same `.grad`.
     """
-    previous = getattr(_state, "grad_sink", None)
-    _state.grad_sink = sink
+    previous = _state.accumulate_leaf_grad
+    _state.accumulate_leaf_grad = accumulate
     try:
-        yield sink
+        yield
     finally:
-        _state.grad_sink = previous
+        _state.accumulate_leaf_grad = previous
+
+
+# ----------------------------------------------------------------------------------------------
+# The op hook: one function (process-wide) that sees every op output as it is made. None unless
+# a profiler is running, so an op pays one comparison for it.
+
+OpHook = Callable[[str, Callable], Callable]
+_op_hook: OpHook | None = None
+
+
+@contextmanager
+def op_hook(hook: OpHook) -> Iterator[None]:
+    """Inside this block (in every thread), each op calls `hook(op_name, backward)` when its
+    output is made, and the output records the function the hook returns as its backward."""
+    global _op_hook
+    previous, _op_hook = _op_hook, hook
+    try:
+        yield
+    finally:
+        _op_hook = previous
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,13 +214,16 @@ class Tensor:
               op: str) -> "Tensor":
         """Wrap an op's output; record the graph only if some parent needs a gradient.
 
-        `backward(g)` must return one gradient (or None) per parent, each of that parent's shape.
+        `backward(g)` must return one gradient per parent, of that parent's shape, or None for
+        a parent that needs no gradient (the rule in the module docstring).
         """
         out = Tensor.__new__(Tensor)
         out.data = data
         out.grad = None
         out._op = op
-        if is_grad_enabled() and any(p.requires_grad for p in parents):
+        if _op_hook is not None:
+            backward = _op_hook(op, backward)
+        if _state.grad_enabled and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward
@@ -178,8 +231,6 @@ class Tensor:
             out.requires_grad = False
             out._parents = ()
             out._backward = None
-        if _profiler is not None:
-            _profiler.op_created(op)
         return out
 
     def _lift(self, other) -> "Tensor":
@@ -258,11 +309,35 @@ class Tensor:
         return order
 
     def backward(self, grad=None, retain_graph: bool = False) -> None:
-        """Compute d(self)/d(leaf) for every leaf that requires grad, adding it into `leaf.grad`.
+        """Compute d(self)/d(leaf) for every leaf that requires grad, adding it into `leaf.grad`
+        (or handing it to this thread's accumulator: `leaf_grads_to`).
 
         For a scalar, the seed gradient is 1. For a non-scalar, pass `grad` (its shape):
-        the result is then the vector-Jacobian product grad^T J.
+        the result is then the vector-Jacobian product grad^T J. The graph's saved arrays are
+        freed as the walk passes them, unless `retain_graph` is True.
         """
+        # grads[id(t)]: dL/dt summed over the uses of t walked so far. A tensor comes after all
+        # its uses in the reversed order, so its entry is complete when the walk reaches it;
+        # it is popped then, so intermediate gradients never pile up in memory.
+        grads: dict[int, np.ndarray] = {id(self): self._seed_grad(grad)}
+        accumulate_leaf_grad = _state.accumulate_leaf_grad
+        for node in reversed(self._topological_order()):
+            g = grads.pop(id(node), None)
+            if g is None:                       # every use of it returned None
+                continue
+            if node._backward is None:          # a leaf: its gradient leaves the engine
+                accumulate_leaf_grad(node, g)
+                continue
+            for parent, parent_grad in zip(node._parents, node._backward(g)):
+                if parent_grad is not None:
+                    so_far = grads.get(id(parent))
+                    # Not `+=`: `so_far` may be an array that some op also holds.
+                    grads[id(parent)] = parent_grad if so_far is None else so_far + parent_grad
+            if not retain_graph:    # drop the closure and the arrays it saved, as we go
+                node._parents, node._backward = (), _freed_backward
+
+    def _seed_grad(self, grad) -> np.ndarray:
+        """dself/dself: ones for a scalar, else the `grad` given, checked and cast."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad: no input "
                                "of the computation had requires_grad=True (or it ran under no_grad)")
@@ -271,46 +346,12 @@ class Tensor:
                 raise ValueError(
                     f"backward() without a gradient needs a scalar, but this tensor has shape "
                     f"{self.shape}; pass grad= of that shape or reduce it (e.g. .sum()) first")
-            grad = np.ones_like(self.data)
-        else:
-            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward(): grad has shape {grad.shape}, but the tensor has "
-                                 f"shape {self.shape}")
-
-        # Gradients of non-leaf tensors live only in this dict, and each is dropped as soon as
-        # it has been passed on: intermediate gradients never pile up in memory.
-        grads: dict[int, np.ndarray] = {id(self): grad}
-        sink = getattr(_state, "grad_sink", None)
-        for node in reversed(self._topological_order()):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            if node._backward is None:          # a leaf: keep its gradient
-                if sink is not None:
-                    previous = sink.get(id(node))
-                    sink[id(node)] = g if previous is None else previous + g
-                elif node.grad is None:
-                    # Copy: the same array may also have been handed to another tensor.
-                    node.grad = np.array(g, dtype=node.dtype, copy=True)
-                else:
-                    node.grad += g
-                continue
-            if _profiler is None:
-                parent_grads = node._backward(g)
-            else:
-                start = time.perf_counter()
-                parent_grads = node._backward(g)
-                _profiler.backward_done(node._op, time.perf_counter() - start)
-            for parent, pg in zip(node._parents, parent_grads):
-                if pg is None or not parent.requires_grad:
-                    continue
-                previous = grads.get(id(parent))
-                # Not `+=`: `previous` may be an array some other op also holds.
-                grads[id(parent)] = pg if previous is None else previous + pg
-            if not retain_graph:
-                node._parents = ()
-                node._backward = _freed_backward
+            return np.ones_like(self.data)
+        grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward(): grad has shape {grad.shape}, but the tensor has "
+                             f"shape {self.shape}")
+        return grad
 
     # -- arithmetic -------------------------------------------------------------------------
 
@@ -318,8 +359,12 @@ class Tensor:
         """out = a + b (broadcasting).  dL/da = g, dL/db = g, each summed back to its shape."""
         other = self._lift(other)
         a_shape, b_shape = self.shape, other.shape
-        return Tensor._make(self.data + other.data, (self, other),
-                            lambda g: (unbroadcast(g, a_shape), unbroadcast(g, b_shape)), "add")
+        need_a, need_b = self.requires_grad, other.requires_grad
+
+        def add_backward(g):
+            return (unbroadcast(g, a_shape) if need_a else None,
+                    unbroadcast(g, b_shape) if need_b else None)
+        return Tensor._make(self.data + other.data, (self, other), add_backward, "add")
 
     __radd__ = __add__
 
@@ -327,8 +372,12 @@ class Tensor:
         """out = a - b.  dL/da = g, dL/db = -g."""
         other = self._lift(other)
         a_shape, b_shape = self.shape, other.shape
-        return Tensor._make(self.data - other.data, (self, other),
-                            lambda g: (unbroadcast(g, a_shape), unbroadcast(-g, b_shape)), "sub")
+        need_a, need_b = self.requires_grad, other.requires_grad
+
+        def sub_backward(g):
+            return (unbroadcast(g, a_shape) if need_a else None,
+                    unbroadcast(-g, b_shape) if need_b else None)
+        return Tensor._make(self.data - other.data, (self, other), sub_backward, "sub")
 
     def __rsub__(self, other) -> "Tensor":
         return self._lift(other) - self
@@ -337,11 +386,12 @@ class Tensor:
         """out = a * b.  dL/da = g * b, dL/db = g * a."""
         other = self._lift(other)
         a, b = self.data, other.data
+        need_a, need_b = self.requires_grad, other.requires_grad
 
-        def backward(g):
-            return (unbroadcast(g * b, a.shape) if self.requires_grad else None,
-                    unbroadcast(g * a, b.shape) if other.requires_grad else None)
-        return Tensor._make(a * b, (self, other), backward, "mul")
+        def mul_backward(g):
+            return (unbroadcast(g * b, a.shape) if need_a else None,
+                    unbroadcast(g * a, b.shape) if need_b else None)
+        return Tensor._make(a * b, (self, other), mul_backward, "mul")
 
     __rmul__ = __mul__
 
@@ -350,11 +400,12 @@ class Tensor:
         other = self._lift(other)
         a, b = self.data, other.data
         out = a / b
+        need_a, need_b = self.requires_grad, other.requires_grad
 
-        def backward(g):
-            return (unbroadcast(g / b, a.shape) if self.requires_grad else None,
-                    unbroadcast(-g * out / b, b.shape) if other.requires_grad else None)
-        return Tensor._make(out, (self, other), backward, "div")
+        def div_backward(g):
+            return (unbroadcast(g / b, a.shape) if need_a else None,
+                    unbroadcast(-g * out / b, b.shape) if need_b else None)
+        return Tensor._make(out, (self, other), div_backward, "div")
 
     def __rtruediv__(self, other) -> "Tensor":
         return self._lift(other) / self
@@ -391,8 +442,9 @@ class Tensor:
         except ValueError as error:     # batch axes that do not broadcast
             raise ValueError(f"matmul shapes {a.shape} @ {b.shape} do not broadcast: "
                              f"{error}") from None
+        need_a, need_b = self.requires_grad, other.requires_grad
 
-        def backward(g):
+        def matmul_backward(g):
             # Promote 1-D operands to matrices so one formula covers every case.
             a2 = a[None, :] if a.ndim == 1 else a
             b2 = b[:, None] if b.ndim == 1 else b
@@ -402,12 +454,12 @@ class Tensor:
             if b.ndim == 1:
                 g2 = np.expand_dims(g2, -1)
             ga = gb = None
-            if self.requires_grad:
+            if need_a:
                 ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
-            if other.requires_grad:
+            if need_b:
                 gb = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
             return ga, gb
-        return Tensor._make(out, (self, other), backward, "matmul")
+        return Tensor._make(out, (self, other), matmul_backward, "matmul")
 
     def __rmatmul__(self, other) -> "Tensor":
         return self._lift(other) @ self
@@ -585,11 +637,12 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
         raise ValueError(f"concatenate along axis {axis}: shapes "
                          f"{[t.shape for t in tensors]} differ off that axis") from None
     bounds = np.cumsum([0] + sizes)
+    needs = [t.requires_grad for t in tensors]
 
-    def backward(g):
-        return tuple(np.take(g, np.arange(bounds[i], bounds[i + 1]), axis=axis)
-                     for i in range(len(tensors)))
-    return Tensor._make(out, tensors, backward, "concatenate")
+    def concatenate_backward(g):
+        return tuple(np.take(g, np.arange(bounds[i], bounds[i + 1]), axis=axis) if need else None
+                     for i, need in enumerate(needs))
+    return Tensor._make(out, tensors, concatenate_backward, "concatenate")
 
 
 cat = concatenate
@@ -603,8 +656,11 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     if len({t.shape for t in tensors}) != 1:
         raise ValueError(f"stack needs tensors of one shape, got {[t.shape for t in tensors]}")
     out = np.stack([t.data for t in tensors], axis=axis)
-    return Tensor._make(out, tensors,
-                        lambda g: tuple(np.moveaxis(g, axis, 0)), "stack")
+    needs = [t.requires_grad for t in tensors]
+
+    def stack_backward(g):
+        return tuple(piece if need else None for piece, need in zip(np.moveaxis(g, axis, 0), needs))
+    return Tensor._make(out, tensors, stack_backward, "stack")
 
 
 def split(x: Tensor, split_size_or_sections, axis: int = -1) -> tuple[Tensor, ...]:

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from autograd import Tensor, no_grad
-from autograd.parallel import DataParallel, blas_threads, limit_blas_threads, split_batch
+from autograd.parallel import (DataParallel, ShardGrads, blas_threads, limit_blas_threads,
+                               split_batch)
+from autograd.tensor import leaf_grads_to
 from gpt import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=19, block_size=8, n_layer=2, n_head=2, n_embd=16)
@@ -30,6 +32,18 @@ def test_sharded_gradients_equal_whole_batch_gradients(threads):
     assert len(losses) == len(slices)
     for name, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, expected[name], rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def test_shard_grads_add_up_without_writing_into_the_arrays_handed_over():
+    x = Tensor(np.ones(3), requires_grad=True)
+    shard_grads = ShardGrads()
+    with leaf_grads_to(shard_grads.add):
+        (x * 2.0).sum().backward()
+        first = shard_grads[id(x)]
+        (x * 3.0).sum().backward()
+    assert x.grad is None
+    np.testing.assert_array_equal(shard_grads[id(x)], [5.0, 5.0, 5.0])
+    np.testing.assert_array_equal(first, [2.0, 2.0, 2.0])
 
 
 def test_parallel_backward_is_repeatable_with_dropout():
