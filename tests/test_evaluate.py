@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from _paths import data_file
 
-from bpe import Tokenizer
+from bpe import CharTokenizer, Tokenizer
 from gpt import GPT, GPTConfig, save_pretrained
 from gpt.data.corpora import split_text
 from gpt.data.tokens import TokenData
-from gpt.train.evaluate import EvaluationError, evaluate_loss, load_eval_data, main
+from gpt.train.evaluate import (EvaluationError, evaluate_loss, load_eval_data, main,
+                                token_byte_lengths)
 
 
 def book_loss(model: GPT, ids: np.ndarray, context: int, stride: int, batch_size: int,
@@ -57,6 +58,56 @@ def test_loss_is_the_books_mean_of_batch_means(tiny_model, average):
     overlapping = evaluate_loss(tiny_model, data, "val", context=16, stride=5, batch_size=2)
     assert overlapping.loss == pytest.approx(book_loss(tiny_model, data.val, 16, 5, 2), abs=1e-5)
     assert tiny_model.training                  # left as it was found
+
+
+def test_token_byte_lengths_add_up_to_the_texts_bytes():
+    text = "Café au lait, 5 €.<|endoftext|>Ünïcödé " * 20
+    bpe = Tokenizer.train(text, vocab_size=270, special_tokens=["<|endoftext|>"], progress=False)
+    char = CharTokenizer.train(text, special_tokens=["<|endoftext|>"])
+    for tokenizer in (bpe, char):
+        lengths = token_byte_lengths(tokenizer)
+        ids = tokenizer.encode(text, allowed_special="all")
+        assert lengths.shape == (tokenizer.vocab_size,)
+        assert lengths[ids].sum() == len(text.encode("utf-8"))
+        assert lengths[tokenizer.eot_id] == len("<|endoftext|>")   # a special token: its text
+    assert lengths[char.encode("€")[0]] == 3 and lengths[char.encode("a")[0]] == 1
+
+
+def test_bits_per_byte_of_a_uniform_model():
+    # All weights 0: the logits are 0, every token costs ln V nats, and bits per byte is
+    # log2(V) * tokens / bytes.
+    text = "naïve café, déjà vu; " * 30
+    tokenizer = CharTokenizer.train(text)
+    ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=16))
+    for p in model.parameters():
+        p.data[...] = 0
+    lengths = token_byte_lengths(tokenizer)
+    result = evaluate_loss(model, TokenData(train=ids, val=ids), "train", context=10,
+                           batch_size=4, token_bytes=lengths)
+    starts = range(0, len(ids) - 10, 10)                      # the windows, by hand
+    n_bytes = sum(int(lengths[ids[i + 1:i + 11]].sum()) for i in starts)
+    assert result.loss == pytest.approx(math.log(tokenizer.vocab_size), rel=1e-6)
+    assert (result.tokens, result.bytes) == (10 * len(starts), n_bytes)
+    assert n_bytes > result.tokens                            # the accents are 2 bytes each
+    assert result.bits_per_byte == pytest.approx(
+        math.log2(tokenizer.vocab_size) * result.tokens / n_bytes, rel=1e-6)
+
+
+@pytest.mark.parametrize("average", ["batches", "tokens"])
+def test_bits_per_byte_is_the_summed_token_loss_over_the_bytes(tiny_model, average):
+    rng = np.random.default_rng(0)
+    data = TokenData(train=rng.integers(0, 50, 200).astype(np.uint16),
+                     val=rng.integers(0, 50, 60).astype(np.uint16))
+    lengths = rng.integers(0, 4, 50)                          # some tokens of 0 bytes
+    result = evaluate_loss(tiny_model, data, "train", context=12, batch_size=3, average=average,
+                           token_bytes=lengths)
+    per_token = book_loss(tiny_model, data.train, 12, 12, 3, per_token=True)
+    n_bytes = sum(int(lengths[data.train[i + 1:i + 13]].sum()) for i in range(0, 188, 12))
+    assert result.bytes == n_bytes
+    assert result.bits_per_byte == pytest.approx(per_token * 16 * 12 / (math.log(2) * n_bytes),
+                                                 rel=1e-5)
+    assert evaluate_loss(tiny_model, data, "train", context=12).bits_per_byte is None
 
 
 def test_bad_requests_are_evaluation_errors(tiny_model):
@@ -112,9 +163,17 @@ def test_command_line(tmp_path, capsys, checkpoint_with_tokenizer):
                            progress=False).train
     assert results["train"]["loss"] == pytest.approx(book_loss(model, train, 16, 16, 2), abs=1e-5)
     assert results["val"]["perplexity"] == pytest.approx(math.exp(results["val"]["loss"]))
+    lengths = token_byte_lengths(tokenizer)
+    windows = range(0, len(train) - 16, 16)
+    n_bytes = sum(int(lengths[train[i + 1:i + 17]].sum()) for i in windows)
+    assert results["train"]["bytes"] == n_bytes
+    assert results["train"]["bits_per_byte"] == pytest.approx(
+        book_loss(model, train, 16, 16, 2, per_token=True) * 16 * len(windows)
+        / (math.log(2) * n_bytes), rel=1e-5)
     assert main(args + ["--splits", "val"]) == 0
     out = capsys.readouterr().out
     assert "  val: loss " in out and "perplexity" in out and "train:" not in out
+    assert f"bits per byte {results['val']['bits_per_byte']:.4f}" in out
 
 
 @pytest.mark.parametrize("extra, message", [

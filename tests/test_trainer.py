@@ -1,5 +1,7 @@
-"""Pretraining: exact resume, checkpoints, bad input, and train.py end to end."""
+"""The training loop (gpt.train.loop) and pretraining: one thread against several, schedule,
+clipping and metrics, exact resume, checkpoints, bad input, and train.py end to end."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,9 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt import load_pretrained
+from autograd import Tensor
+from autograd import functional as F
+from autograd.nn import Linear
+from autograd.optim import SGD, cosine_with_warmup
+from autograd.parallel import DataParallel
+from gpt import GPT, GPTConfig, load_pretrained
 from gpt.data.corpora import DataError
 from gpt.io.checkpoint import CheckpointError, load_training_state
+from gpt.train.loop import (DROPOUT, LoopConfig, MetricsLog, Task, backward_batches, step_rng,
+                            train_loop)
 from gpt.train.pretrain import TrainingError, TrainSettings, prepare_run, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +46,132 @@ def settings(corpus, tmp_path, **overrides) -> TrainSettings:
     return TrainSettings(**base)
 
 
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def step_losses(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    return [r["loss"] for r in metrics_rows(run_dir) if "loss" in r]
 
 
 def quiet(*_):
     pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop: one step's forward and backward, with and without threads
+
+
+def tiny_gpt(dropout: float) -> GPT:
+    return GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16,
+                         dropout=dropout), rng=np.random.default_rng(0))
+
+
+def micro_batches(n: int, rows: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [(rng.integers(0, 20, (rows, 8)), rng.integers(0, 20, (rows, 8))) for _ in range(n)]
+
+
+def gradients(model, step_fn) -> list[np.ndarray]:
+    model.zero_grad()
+    step_fn()
+    return [p.grad.copy() for p in model.parameters()]
+
+
+def test_one_thread_is_bit_for_bit_the_sharded_path_with_one_shard():
+    # Before the plain path, --threads 1 ran each micro-batch as one shard of DataParallel(1);
+    # the plain path must compute exactly that, so that those runs resume bit for bit.
+    model = tiny_gpt(dropout=0.3)
+    params, batches = model.parameters(), micro_batches(2)
+    plain = gradients(model, lambda: backward_batches(None, model.loss, batches, params, 5, 3))
+
+    def sharded():
+        with DataParallel(1) as parallel:
+            for micro, batch in enumerate(batches):
+                parallel.backward(model.loss, [batch], params, [0.5],
+                                  [step_rng(5, 3, DROPOUT, micro, 0)])
+    for name, a, b in zip([n for n, _ in model.named_parameters()], plain,
+                          gradients(model, sharded)):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    # The dropout masks are the step's: another step draws others.
+    other = gradients(model, lambda: backward_batches(None, model.loss, batches, params, 5, 4))
+    assert not np.array_equal(other[0], plain[0])
+
+
+def test_threads_share_the_batch_and_add_up_to_its_gradient():
+    model = tiny_gpt(dropout=0.0)
+    params, batches = model.parameters(), micro_batches(2, rows=5)   # 5 rows: shards of 3 and 2
+
+    def loss_fn(x, y):
+        return model.loss(x, y), {"tokens": 100 * len(x), "mean_x": float(x.mean())}
+    plain = backward_batches(None, loss_fn, batches, params, 0, 0)
+    plain_grads = [p.grad.copy() for p in params]
+    model.zero_grad()
+    with DataParallel(2) as parallel:
+        threaded = backward_batches(parallel, loss_fn, batches, params, 0, 0)
+    for p, g in zip(params, plain_grads):
+        np.testing.assert_allclose(p.grad, g, rtol=1e-4, atol=1e-6)
+    assert threaded.loss == pytest.approx(plain.loss, rel=1e-5)
+    assert threaded.tokens == plain.tokens == 100 * 10          # summed over the step
+    whole_mean = np.mean([x.mean() for x, _ in batches])          # averaged as the loss is
+    assert threaded.numbers["mean_x"] == pytest.approx(whole_mean)
+    assert plain.numbers["mean_x"] == pytest.approx(whole_mean)
+    manual = (model.loss(*batches[0]).item() + model.loss(*batches[1]).item()) / 2
+    assert plain.loss == pytest.approx(manual, rel=1e-6)
+
+
+def test_loop_schedules_clips_logs_and_evaluates(tmp_path):
+    model = Linear(3, 2, rng=np.random.default_rng(0))
+    data = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    labels = np.arange(8) % 2
+    optimizer = SGD(model.parameters(), lr=0.1)           # any optimizer with AdamW's interface
+    evaluated, saved, weights = [], [], []
+
+    def loss(indices):
+        weights.append(model.weight.data.copy())
+        return F.cross_entropy(model(Tensor(data[indices])), labels[indices])
+
+    def evaluate(step):
+        evaluated.append(step)
+        return {"val_loss": F.cross_entropy(model(Tensor(data)), labels).item()}
+
+    def checkpoint(step, numbers):
+        saved.append((step, numbers["val_loss"]))
+        return " (saved)"
+    config = LoopConfig(max_steps=6, lr=0.5, schedule="cosine", warmup_steps=2, min_lr=0.05,
+                        grad_clip=1e-3, eval_interval=3, eval_at_start=True, progress=False)
+    messages = []
+    task = Task(lambda step: [(np.array([step % 8, (step + 1) % 8]),)], loss, evaluate, checkpoint)
+    result = train_loop(model, optimizer, task, config, MetricsLog(tmp_path / "metrics.jsonl"),
+                        log=messages.append)
+    assert (result.steps, result.steps_taken, result.interrupted) == (6, 6, False)
+    assert result.tokens == 6 * 2                         # default: the first array's elements
+    assert evaluated == [0, 3, 6] and [s for s, _ in saved] == [0, 3, 6]
+    assert messages[1].startswith("step 3: val loss ") and messages[1].endswith(" (saved)")
+    rows = metrics_rows(tmp_path)
+    steps = [r for r in rows if "loss" in r]
+    assert [r["lr"] for r in steps] == [cosine_with_warmup(s, 0.5, 2, 6, 0.05) for s in range(6)]
+    assert all(r["grad_norm"] > 1e-3 for r in steps)      # the norm before clipping
+    # Clipped to 1e-3, each SGD step moves the weights by lr * 1e-3 (the bias is in the norm).
+    for s in range(5):
+        assert np.linalg.norm(weights[s + 1] - weights[s]) <= steps[s]["lr"] * 1e-3 * 1.0001
+    evals = [r for r in rows if "eval_val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6] and evals[-1]["eval_val_loss"] == \
+        pytest.approx(result.final["val_loss"], abs=1e-5)
+    times = [r["time"] for r in rows]
+    assert times == sorted(times)
+
+
+def test_loop_refuses_a_model_with_nothing_to_train(tmp_path):
+    model = Linear(2, 2).requires_grad_(False)
+    task = Task(lambda step: [], lambda *batch: None, lambda step: {})
+    with pytest.raises(TrainingError, match="every parameter is frozen"):
+        train_loop(model, SGD(model.parameters(), lr=0.1), task, LoopConfig(max_steps=1, lr=0.1),
+                   MetricsLog(None))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -61,6 +189,8 @@ def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, threads):
     a, b = step_losses(straight.directory), step_losses(first_half.directory)
     assert len(a) == len(b) == 8
     assert a == b                      # bit-for-bit (rounded to 5 decimals in the log)
+    times = [r["time"] for r in metrics_rows(first_half.directory)]
+    assert times == sorted(times)      # time runs on across the resume
     for (name, p), (_, q) in zip(straight.model.named_parameters(),
                                  resumed.model.named_parameters()):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
@@ -77,6 +207,15 @@ def test_checkpoints_and_run_files(corpus, tmp_path):
     model = load_pretrained(d)     # a run directory opens at best/
     assert model.config.n_layer == 2
     assert summary["val_loss"] < 3.5   # char vocabulary ~30: far below log(30) = 3.4 + noise
+    # Bits per byte next to every evaluated loss. Every character of this text is one byte
+    # (ASCII), so bits per byte is the loss in bits: loss / ln 2.
+    evals = [r for r in metrics_rows(d) if "eval_val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    for row in evals:
+        for split in ("train", "val"):
+            assert row[f"eval_{split}_bpb"] == pytest.approx(row[f"eval_{split}_loss"] /
+                                                             math.log(2), abs=2e-5)
+    assert summary["val_bpb"] == pytest.approx(summary["val_loss"] / math.log(2))
 
 
 def test_loss_falls(corpus, tmp_path):

@@ -11,10 +11,10 @@ rest, the same for all three:
 
 - `load_base`: the pretrained model and its tokenizer from a checkpoint directory;
 - `select_trainable` / `apply_lora` (gpt.finetune.lora): which parameters learn;
-- `fit`: the loop (AdamW over the trainable parameters only, warmup + schedule, gradient
-  clipping, an evaluation every `eval_interval` steps, metrics.jsonl, Ctrl-C to stop early and
-  still save). It reuses the pretraining loop's pieces (`gpt.train.pretrain.step_rng`,
-  `GracefulInterrupt`, `plot_metrics`) rather than copies of them;
+- `fit`: AdamW over the trainable parameters only and the training loop that pretraining
+  runs too (`gpt.train.loop.train_loop`: warmup + schedule, gradient clipping, an evaluation
+  every `eval_interval` steps and one at the start, metrics.jsonl, Ctrl-C to stop early and
+  still save);
 - `save_model`: LoRA adapters are merged into the weights (`gpt.finetune.lora.merge_lora`) and the
   checkpoint is an ordinary GPT directory that `gpt.load_pretrained`, `chat.py` and
   `python train.py --init` all open.
@@ -25,7 +25,7 @@ the test-split responses).
 
 Batches are drawn epoch by epoch: epoch e visits the training records in the order of a
 permutation seeded by (seed, e), in `len(train) // batch_size` full batches; dropout masks of
-step s come from (seed, s). A run is thus a function of its settings.
+step s come from (seed, s) (see gpt.train.loop). A run is thus a function of its settings.
 """
 from __future__ import annotations
 
@@ -38,22 +38,26 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 import autograd.random
 from autograd import Tensor, no_grad
 from autograd.nn import Module
-from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
+from autograd.optim import AdamW, decay_groups
 from gpt.core.model import GPT
 from gpt.finetune.lora import LoRALinear, apply_lora, merge_lora
 from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, resolve_checkpoint,
                                save_checkpoint)
-from gpt.train.pretrain import (DROPOUT, GracefulInterrupt, TrainingError, create_run_directory,
-                                plot_metrics, step_rng)
+from gpt.train.loop import (METRICS_FILE, LoopConfig, LoopResult, MetricsLog, Task,
+                            TrainingError, create_run_directory, step_rng, train_loop)
 
-TASKS = ("classify", "instruct", "dpo")
-METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
+# Per task: the data it reads by default, and defaults that differ from FinetuneSettings'.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": dict(data="sms-spam", epochs=5, lr=5e-4, eval_interval=50),
+    "instruct": dict(data="instructions", epochs=2, lr=3e-4, eval_interval=50),
+    "dpo": dict(data="instructions-preference", epochs=1, lr=5e-5, eval_interval=25),
+}
+TASKS = tuple(TASK_DEFAULTS)      # python train.py classify|instruct|dpo
 IGNORE_INDEX = -100          # the target value F.cross_entropy skips
 
 
@@ -274,102 +278,39 @@ def split_by_fractions(items: list, fractions: Sequence[float]) -> list[list]:
 # The loop
 
 
-@dataclass
-class FitResult:
-    steps: int
-    interrupted: bool
-    seconds: float                      # training steps only, evaluations excluded
-    tokens: int                         # tokens through forward + backward
-    history: list[dict]
-
-    @property
-    def seconds_per_step(self) -> float:
-        return self.seconds / max(self.steps, 1)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
-
-
 def fit(model: Module, settings: FinetuneSettings, n_train: int,
         step_loss: Callable[[np.ndarray], tuple[Tensor, dict[str, float]]],
         evaluate: Callable[[str, int | None], dict[str, float]],
-        directory: Path, log: Callable[[str], None] = print) -> FitResult:
-    """Train the parameters of `model` that require a gradient.
+        directory: Path, log: Callable[[str], None] = print) -> LoopResult:
+    """Train the parameters of `model` that require a gradient (gpt.train.loop.train_loop).
 
     `step_loss(indices)` builds the batch of those training records and returns its loss (a
     scalar Tensor) and numbers to log (include "tokens": the batch's size in tokens).
     `evaluate(split, max_batches)` returns metrics of a split ("train" or "val"), e.g.
-    {"loss": ..., "accuracy": ...}; it is called every `eval_interval` steps with
-    `eval_iters` batches, and logged as eval_train_* / eval_val_*.
+    {"loss": ..., "accuracy": ...}; it is called before the first step, every `eval_interval`
+    steps with `eval_iters` batches and at the end, and logged as eval_train_* / eval_val_*.
     """
     s = settings
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError("nothing to train: every parameter is frozen")
     if n_train < 1:
         raise TrainingError("the training split is empty")
     total = s.max_iters or s.epochs * steps_per_epoch(n_train, s.batch_size)
-    warmup = min(s.warmup_iters, total)
-    schedule = lr_schedule(s.schedule, s.lr, warmup, total, min(s.min_lr, s.lr))
     # Adam's default betas, as the book's fine-tuning uses (PyTorch's AdamW defaults).
     optimizer = AdamW(decay_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
-    metrics_path = directory / METRICS_FILE
-    history: list[dict] = []
 
-    def record(row: dict) -> None:
-        history.append(row)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    def batches(step: int) -> list[tuple[np.ndarray]]:
+        return [(batch_indices(step, n_train, s.batch_size, s.seed),)]
 
-    def periodic_evaluation(step: int, bar) -> None:
-        row: dict[str, Any] = {"step": step}
-        for split in ("train", "val"):
-            for key, value in evaluate(split, s.eval_iters).items():
-                row[f"eval_{split}_{key}"] = round(float(value), 5)
-        record(row)
-        shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k != "step")
-        (bar.write if bar is not None else log)(f"step {step}: {shown}")
+    def evaluate_splits(step: int) -> dict[str, float]:
+        return {f"{split}_{name}": value for split in ("train", "val")
+                for name, value in evaluate(split, s.eval_iters).items()}
 
-    model.train()
-    seconds, tokens, step = 0.0, 0, 0
-    bar = tqdm(total=total, desc=f"fine-tuning ({s.task})", unit="step",
-               disable=not s.progress, dynamic_ncols=True)
-    with GracefulInterrupt() as interrupt:
-        periodic_evaluation(0, bar)
-        while step < total and not interrupt.requested:
-            t0 = time.perf_counter()
-            lr = schedule(step)
-            optimizer.lr = lr
-            autograd.random.manual_seed([s.seed, DROPOUT, step])   # this step's dropout masks
-            optimizer.zero_grad()
-            loss, extras = step_loss(batch_indices(step, n_train, s.batch_size, s.seed))
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise TrainingError(f"the loss became {loss_value} at step {step}; try a lower "
-                                    f"--lr")
-            loss.backward()
-            grad_norm = clip_grad_norm(params, s.grad_clip) if s.grad_clip > 0 else float("nan")
-            optimizer.step()
-            seconds += time.perf_counter() - t0
-            tokens += int(extras.pop("tokens", 0))
-            step += 1
-            row = {"step": step, "loss": round(loss_value, 5), "lr": lr,
-                   "grad_norm": round(grad_norm, 4), "time": round(seconds, 3)}
-            row.update({k: round(float(v), 5) for k, v in extras.items()})
-            record(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if step % s.eval_interval == 0 and step < total:
-                periodic_evaluation(step, bar)
-        interrupted = interrupt.requested
-    bar.close()
-    if interrupted:
-        log(f"interrupted at step {step} of {total}: evaluating and saving what there is")
-    periodic_evaluation(step, None)
-    plot_metrics(directory)
-    return FitResult(step, interrupted, seconds, tokens, history)
+    config = LoopConfig(max_steps=total, lr=s.lr, schedule=s.schedule,
+                        warmup_steps=min(s.warmup_iters, total), min_lr=min(s.min_lr, s.lr),
+                        grad_clip=s.grad_clip, eval_interval=s.eval_interval, eval_at_start=True,
+                        seed=s.seed, progress=s.progress, description=f"fine-tuning ({s.task})",
+                        failure_hint="Try a lower --lr.")
+    return train_loop(model, optimizer, Task(batches, step_loss, evaluate_splits), config,
+                      MetricsLog(directory / METRICS_FILE), log=log)
 
 
 @no_grad()
@@ -406,7 +347,7 @@ def write_results(directory: Path, results: dict) -> Path:
     return path
 
 
-def run_summary(fit_result: FitResult, counts: dict[str, int]) -> dict[str, Any]:
+def run_summary(fit_result: LoopResult, counts: dict[str, int]) -> dict[str, Any]:
     """What every task reports: steps, time and speed, trainable parameter counts."""
     return {"steps": fit_result.steps, "interrupted": fit_result.interrupted,
             "train_seconds": round(fit_result.seconds, 2),
@@ -414,13 +355,3 @@ def run_summary(fit_result: FitResult, counts: dict[str, int]) -> dict[str, Any]
             "tokens_per_second": round(fit_result.tokens_per_second, 1),
             "trainable_parameters": counts["trainable"], "total_parameters": counts["total"]}
 
-
-# ----------------------------------------------------------------------------------------------
-# Command line: python train.py classify|instruct|dpo ...
-
-# Per task: the data it reads by default, and defaults that differ from FinetuneSettings'.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classify": dict(data="sms-spam", epochs=5, lr=5e-4, eval_interval=50),
-    "instruct": dict(data="instructions", epochs=2, lr=3e-4, eval_interval=50),
-    "dpo": dict(data="instructions-preference", epochs=1, lr=5e-5, eval_interval=25),
-}

@@ -37,6 +37,7 @@ checkpoint in `test_responses.json`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,6 +52,7 @@ from gpt.data.corpora import DATASETS, DataError, fetch
 from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
                                  run_summary, save_model, split_by_fractions, start_run,
                                  write_results)
+from gpt.train.evaluate import token_byte_lengths
 
 RESPONSE_HEADER = "\n\n### Response:\n"
 # train, test, validation: the book's order and proportions
@@ -302,11 +304,16 @@ def run_instruct(settings: FinetuneSettings, log: Callable[[str], None] = print)
         inputs, targets = batch("train", indices)
         return F.cross_entropy(model(inputs), targets), {"tokens": inputs.size}
 
+    token_bytes = token_byte_lengths(tokenizer)
+
     def evaluate(split: str, max_batches: int | None) -> dict[str, float]:
         def one_batch(indices):
             inputs, targets = batch(split, indices)
             total = F.cross_entropy(model(inputs), targets, reduction="sum").item()
-            return {"loss": (total, int((targets != IGNORE_INDEX).sum()))}
+            counted = targets[targets != IGNORE_INDEX]
+            # loss per token, and bits per byte of the predicted text (gpt.train.evaluate)
+            return {"loss": (total, counted.size),
+                    "bpb": (total / math.log(2), int(token_bytes[counted].sum()))}
         return evaluate_batches(model, len(encoded[split][0]), settings.batch_size,
                                 max_batches, one_batch)
 

@@ -1,3 +1,4 @@
-"""gpt.train: pretraining and evaluation. `pretrain` (train.py's run: settings, run directories,
-the loop, checkpoints), `evaluate` (loss and perplexity; `python -m gpt.evaluate`). Imports
-gpt.data and below."""
+"""gpt.train: training and evaluation. `loop` (the training loop that pretraining and every
+fine-tuning task run, and the run directory's files), `pretrain` (train.py's run: settings,
+tokenizer, model, checkpoints), `evaluate` (loss, perplexity and bits per byte;
+`python -m gpt.evaluate`). Imports gpt.data and below."""

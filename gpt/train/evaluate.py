@@ -1,4 +1,4 @@
-"""Mean loss and perplexity of a checkpoint on a corpus: `python -m gpt.evaluate`.
+"""Mean loss, perplexity and bits per byte of a checkpoint on a corpus: `python -m gpt.evaluate`.
 
     python -m gpt.evaluate --ckpt runs/20261125-120000 --data tinystories
     python -m gpt.evaluate --ckpt ~/.cache/deep-understanding/models/gpt2 \\
@@ -18,6 +18,19 @@ How the number is made (the method of *Build a Large Language Model (From Scratc
    the others its tokens weigh a little more; `--average tokens` weighs every token the same.
 4. Perplexity is exp(loss): the number of equally likely tokens the model is, on average,
    as unsure between as its predictions imply.
+5. Bits per byte: the summed loss of all predicted tokens (in nats), turned into bits and
+   spread over the UTF-8 bytes those tokens stand for,
+
+       bpb = sum of token losses / (ln 2 * number of bytes)
+
+   A loss per token depends on how much text a token holds: a 4,096-token BPE packs ~4 bytes
+   into a token, a character tokenizer ~1, so their losses cannot be compared. Both predict
+   the same bytes, though, and bits per byte is the cost of that: it compares models across
+   tokenizers (and is what a compressor of the text would need). The bytes per token come
+   from the tokenizer once (`token_byte_lengths`); a special token such as <|endoftext|>
+   counts as the bytes of its text (13), which it stands for in the corpus files, so the
+   bytes of a split are the bytes of its text whatever the tokenizer. It does not depend on
+   `--average`: every token weighs the same.
 
 Splitting: corpora with a validation file of their own (tinystories, a directory with
 `valid.txt`) use it. A single text is cut at 90 %: `--split line` (default) moves the cut to
@@ -48,7 +61,8 @@ from gpt.data.tokens import TokenData
 from gpt.errors import GPTError
 from gpt.io.checkpoint import load_pretrained, load_tokenizer_from, resolve_checkpoint
 
-__all__ = ["EvaluationError", "LossResult", "evaluate_loss", "load_eval_data", "main"]
+__all__ = ["EvaluationError", "LossResult", "bits_per_byte", "evaluate_loss", "load_eval_data",
+           "main", "token_byte_lengths"]
 
 
 class EvaluationError(GPTError, ValueError):
@@ -66,25 +80,42 @@ class LossResult:
     tokens: int           # predicted tokens: windows * context
     context: int
     average: str          # "batches" or "tokens"
+    bytes: int | None = None             # UTF-8 bytes of the predicted tokens
+    bits_per_byte: float | None = None   # None when the tokenizer's bytes were not given
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """(vocab_size,) int64: how many UTF-8 bytes each token id decodes to. A special token
+    counts the bytes of its text (<|endoftext|>: 13), which it stands for in a corpus file.
+    Made once per tokenizer; the bytes of a batch of targets y are then `lengths[y].sum()`."""
+    return np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)],
+                    dtype=np.int64)
+
+
+def bits_per_byte(total_loss: float, n_bytes: int) -> float:
+    """Summed token losses (nats) per byte, in bits: total_loss / (ln 2 * n_bytes)."""
+    return total_loss / (math.log(2) * n_bytes) if n_bytes else float("nan")
 
 
 def batch_losses(model: GPT, data: TokenData, split: str, context: int, batch_size: int,
                  stride: int | None = None, max_batches: int | None = None
-                 ) -> Iterator[tuple[float, int]]:
-    """(mean loss, number of predicted tokens) of each batch of windows, in order."""
+                 ) -> Iterator[tuple[float, np.ndarray]]:
+    """(mean loss, predicted token ids (B, context)) of each batch of windows, in order."""
     for index, (x, y) in enumerate(data.iter_windows(split, context, stride, batch_size)):
         if max_batches is not None and index >= max_batches:
             return
-        yield F.cross_entropy(model(x), y).item(), y.size
+        yield F.cross_entropy(model(x), y).item(), y
 
 
 def evaluate_loss(model: GPT, data: TokenData, split: str, context: int | None = None,
                   batch_size: int = 8, stride: int | None = None, average: str = "batches",
-                  max_batches: int | None = None, progress: bool = False) -> LossResult:
+                  max_batches: int | None = None, progress: bool = False,
+                  token_bytes: np.ndarray | None = None) -> LossResult:
     """The loss of `model` on every window of one split of `data` (see the module docstring).
 
-    `context` defaults to the model's block_size; `stride` to `context`. The model is put in
-    eval mode (no dropout) and left in the mode it was in.
+    `context` defaults to the model's block_size; `stride` to `context`. With `token_bytes`
+    (`token_byte_lengths` of the data's tokenizer) the result has bits per byte too. The model
+    is put in eval mode (no dropout) and left in the mode it was in.
     """
     context = context or model.config.block_size
     if context > model.config.block_size:
@@ -100,23 +131,25 @@ def evaluate_loss(model: GPT, data: TokenData, split: str, context: int | None =
         total_batches = min(total_batches, max_batches)
     was_training = model.training
     model.eval()
-    losses, counts = [], []
+    losses, counts, n_bytes = [], [], 0
     try:
         with no_grad():
             batches = batch_losses(model, data, split, context, batch_size, stride, max_batches)
-            for loss, count in tqdm(batches, total=total_batches, desc=f"evaluating {split}",
-                                    unit="batch", disable=not progress, leave=False):
+            for loss, targets in tqdm(batches, total=total_batches, desc=f"evaluating {split}",
+                                      unit="batch", disable=not progress, leave=False):
                 losses.append(loss)
-                counts.append(count)
+                counts.append(targets.size)
+                if token_bytes is not None:
+                    n_bytes += int(token_bytes[targets].sum())
     finally:
         model.train(was_training)
-    if average == "batches":
-        mean = float(np.mean(losses))
-    else:
-        mean = float(np.dot(losses, counts) / np.sum(counts))
+    total_loss = float(np.dot(losses, counts))          # nats, summed over every token
+    mean = float(np.mean(losses)) if average == "batches" else total_loss / np.sum(counts)
     return LossResult(split, mean, math.exp(mean), windows=sum(counts) // context,
                       batches=len(losses), tokens=int(sum(counts)), context=context,
-                      average=average)
+                      average=average, bytes=n_bytes if token_bytes is not None else None,
+                      bits_per_byte=(bits_per_byte(total_loss, n_bytes)
+                                     if token_bytes is not None else None))
 
 
 def load_eval_data(source: str, tokenizer, *, split: str = "line", val_fraction: float = 0.1,
@@ -151,9 +184,9 @@ def _load_tokenizer(spec: str | None, checkpoint: Path, data_dir: str | None):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gpt.evaluate",
-        description="Mean loss and perplexity of a checkpoint on a corpus: windows of --context "
-                    "tokens side by side, mean of the per-batch mean losses (the book's "
-                    "calc_loss_loader).",
+        description="Mean loss, perplexity and bits per byte of a checkpoint on a corpus: "
+                    "windows of --context tokens side by side, mean of the per-batch mean "
+                    "losses (the book's calc_loss_loader).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True,
                    help="checkpoint directory (save_pretrained, a train.py run, or a Hugging "
@@ -200,8 +233,10 @@ def run(args: argparse.Namespace) -> list[LossResult]:
     data = load_eval_data(args.data, tokenizer, split=args.split,
                           val_fraction=args.val_fraction, data_dir=args.data_dir,
                           progress=not args.no_progress)
+    token_bytes = token_byte_lengths(tokenizer)
     return [evaluate_loss(model, data, split, args.context, args.batch_size, args.stride,
-                          args.average, args.max_batches, progress=not args.no_progress)
+                          args.average, args.max_batches, progress=not args.no_progress,
+                          token_bytes=token_bytes)
             for split in splits]
 
 
@@ -218,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {args.ckpt}, data {args.data} (split: {args.split})")
     for r in results:
         print(f"{r.split:>5}: loss {r.loss:.4f}  perplexity {r.perplexity:.2f}  "
-              f"({r.windows} windows of {r.context} tokens, {r.batches} batches, "
-              f"mean over {r.average})")
+              f"bits per byte {r.bits_per_byte:.4f}  ({r.windows} windows of {r.context} "
+              f"tokens, {r.bytes:,} bytes, {r.batches} batches, mean over {r.average})")
     return 0
 

@@ -1,16 +1,14 @@
-"""Pretraining a GPT from scratch: the loop behind `python train.py`.
+"""Pretraining a GPT from scratch: what `python train.py` runs.
 
-    settings -> text -> tokenizer -> token ids -> model + AdamW -> steps, evaluations, checkpoints
+    settings -> text -> tokenizer -> token ids -> model + AdamW -> the loop (gpt.train.loop)
 
-One step: draw `grad_accum` random batches, run forward and backward on each (the gradients add
-up), clip the global gradient norm, set the learning rate of this step (warmup + cosine), and
-take an AdamW step. Every `eval_interval` steps: mean loss over `eval_iters` batches of train
-and val, a text sample, and a checkpoint (`latest/`, and `best/` when val improved).
-
-Exact resume: all randomness of step s (its batches, its dropout masks) comes from generators
-seeded by (seed, s), and the learning rate is a function of s. A checkpoint holds the weights,
-the optimizer's moments and the step, so a resumed run computes bit for bit what an
-uninterrupted one would have.
+A pretraining step (the loop's `Task`): draw `grad_accum` random batches of `batch_size`
+windows from the training tokens (from step_rng(seed, step)), each a (x, y) pair of (B, T) token
+ids, and the model's mean next-token loss on them. The schedule is a warmup and a cosine
+decay. Every `eval_interval` steps: the mean loss (and bits per byte) over `eval_iters`
+batches of train and val, a text sample, and a checkpoint (`latest/`, and `best/` when val
+improved). A checkpoint holds the weights, the optimizer's moments and the step, so a resumed
+run computes bit for bit what an uninterrupted one would have (see gpt.train.loop).
 """
 from __future__ import annotations
 
@@ -19,19 +17,16 @@ import hashlib
 import json
 import math
 import os
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
 
 import autograd.random
 from autograd import no_grad
-from autograd.optim import AdamW, clip_grad_norm, decay_groups, lr_schedule
+from autograd.optim import AdamW, decay_groups
 from autograd.parallel import DataParallel, default_threads, split_batch
 from bpe import CharTokenizer, Tokenizer, load_tokenizer
 from gpt.core.config import PRESETS, GPTConfig
@@ -39,18 +34,15 @@ from gpt.core.generate import SamplingParams, generate
 from gpt.core.model import GPT
 from gpt.data.corpora import fetch, load_text_splits
 from gpt.data.tokens import TokenData
-from gpt.errors import GPTError
 from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, load_training_state,
                                resolve_checkpoint, save_checkpoint)
 from gpt.io.files import cache_dir
-
-SETTINGS_FILE = "settings.json"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
-
-
-class TrainingError(GPTError, RuntimeError):
-    """Training cannot go on (bad settings, non-finite loss); the message says why."""
+from gpt.train.evaluate import bits_per_byte, token_byte_lengths
+from gpt.train.loop import (BATCHES, METRICS_FILE, SETTINGS_FILE, TRAIN_EVAL, VAL_EVAL,
+                            LoopConfig, MetricsLog, Task, TrainingError, create_run_directory,
+                            step_rng, train_loop, training_threads)
+# benchmarks/train.py times a step through this name (its home is gpt.train.loop).
+from gpt.train.loop import backward_batches  # noqa: F401
 
 
 @dataclass
@@ -160,40 +152,12 @@ def model_config(settings: TrainSettings, vocab_size: int) -> GPTConfig:
         raise TrainingError(str(error)) from None
 
 
-# Streams of randomness, so that batches, dropout and evaluation never share a generator.
-BATCHES, TRAIN_EVAL, VAL_EVAL, DROPOUT = range(4)
-
-
-def step_rng(seed: int, step: int, stream: int = BATCHES, *keys: int) -> np.random.Generator:
-    """The generator for one step's randomness: a pure function of (seed, step, stream, keys)."""
-    return np.random.default_rng([seed, stream, step, *keys])
-
-
-def backward_batches(parallel: DataParallel, loss_fn, batches: list[tuple], params: list,
-                     seed: int, step: int) -> float:
-    """Forward and backward of one step's micro-batches, each split over the threads.
-
-    Gradients add up in the parameters' `.grad` as those of the mean loss over all the step's
-    sequences: every micro-batch weighs the same, and within one, each thread's shard weighs
-    by its number of sequences. Shard i of micro-batch m draws its dropout masks from
-    step_rng(seed, step, DROPOUT, m, i), so the step is repeatable whatever the threads do.
-    Returns that mean loss.
-    """
-    total = 0.0
-    for micro, batch in enumerate(batches):
-        n = len(batch[0])
-        slices = split_batch(n, parallel.threads)
-        weights = [(sl.stop - sl.start) / (n * len(batches)) for sl in slices]
-        rngs = [step_rng(seed, step, DROPOUT, micro, i) for i in range(len(slices))]
-        losses = parallel.backward(loss_fn, [tuple(a[sl] for a in batch) for sl in slices],
-                                   params, weights, rngs)
-        total += sum(w * loss for w, loss in zip(weights, losses))
-    return total
-
-
 def estimate_loss(model: GPT, data: TokenData, batch_size: int, eval_iters: int, seed: int,
-                  parallel: DataParallel | None = None) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches of each split; the same batches at every call."""
+                  parallel: DataParallel | None = None, token_bytes: np.ndarray | None = None
+                  ) -> dict[str, float]:
+    """{"train_loss", "val_loss"}: the mean loss over `eval_iters` batches of each split, the
+    same batches at every call; with `token_bytes` (gpt.train.evaluate.token_byte_lengths) also
+    "train_bpb", "val_bpb": bits per byte of those batches."""
     was_training = model.training
     model.eval()
     block = model.config.block_size
@@ -206,13 +170,18 @@ def estimate_loss(model: GPT, data: TokenData, batch_size: int, eval_iters: int,
     out = {}
     for split in ("train", "val"):
         rng = step_rng(seed, 0, TRAIN_EVAL if split == "train" else VAL_EVAL)
-        losses = []
+        losses, total_loss, n_bytes = [], 0.0, 0
         for _ in range(eval_iters):
             x, y = data.get_batch(split, batch_size, block, rng)
             shards = [(x[sl], y[sl]) for sl in split_batch(len(x), threads)]
             sums = parallel.map(shard_loss, shards) if parallel else [shard_loss(shards[0])]
             losses.append(sum(sums) / len(x))
-        out[split] = float(np.mean(losses))
+            total_loss += sum(sums) * block           # each row's mean loss covers T tokens
+            if token_bytes is not None:
+                n_bytes += int(token_bytes[y].sum())
+        out[f"{split}_loss"] = float(np.mean(losses))
+        if token_bytes is not None:
+            out[f"{split}_bpb"] = bits_per_byte(total_loss, n_bytes)
     model.train(was_training)
     return out
 
@@ -241,13 +210,10 @@ class Run:
     tokenizer: Any
     data: TokenData
     optimizer: AdamW
+    metrics: MetricsLog
     step: int = 0
     best_val: float = math.inf
     log: Callable[[str], None] = print
-    history: list[dict] = field(default_factory=list)
-    parallel: DataParallel | None = None     # the thread pool, while train() runs
-
-    # -- persistence -------------------------------------------------------------------------
 
     def train_state(self) -> dict:
         return {"step": self.step, "best_val_loss": self.best_val,
@@ -256,24 +222,6 @@ class Run:
     def save(self, which: str = "latest") -> Path:
         return save_checkpoint(self.directory / which, self.model, self.tokenizer,
                                self.optimizer.state_dict(), self.train_state())
-
-    def append_metrics(self, row: dict) -> None:
-        self.history.append(row)
-        with open(self.directory / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def create_run_directory(settings, default_name: str, hint: str = "") -> Path:
-    """Create `settings.out_dir/(settings.run_name or default_name)` and write settings.json
-    into it; a directory that already holds a run is refused (`hint` says what else to do)."""
-    directory = Path(settings.out_dir).expanduser() / (settings.run_name or default_name)
-    if (directory / SETTINGS_FILE).exists():
-        raise TrainingError(f"run directory {directory} already holds a run; {hint}choose "
-                            f"another --run-name")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2)
-                                           + "\n", encoding="utf-8")
-    return directory
 
 
 def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None,
@@ -352,175 +300,63 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
         directory = create_run_directory(
             settings, time.strftime("%Y%m%d-%H%M%S"),
             hint="pass --resume with it to continue that run, or ")
-    run = Run(directory, settings, model, tokenizer, data, optimizer, step, best_val, log)
-    run.history = _read_metrics(directory / METRICS_FILE, up_to_step=step)
-    _rewrite_metrics(directory / METRICS_FILE, run.history)
-    return run
-
-
-def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
-    """Rows logged up to `up_to_step` (a resumed run drops what came after its checkpoint)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue                       # a line cut short by a crash
-        if row.get("step", 0) <= up_to_step:
-            rows.append(row)
-    return rows
-
-
-def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    metrics = MetricsLog.resume(directory / METRICS_FILE, up_to_step=step)
+    return Run(directory, settings, model, tokenizer, data, optimizer, metrics, step, best_val,
+               log)
 
 
 def train(run: Run) -> dict:
-    """Train until max_iters (or stop_after); returns a summary dict."""
-    s, model, optimizer = run.settings, run.model, run.optimizer
+    """Train until max_iters (or stop_after, or Ctrl-C); returns a summary dict."""
+    s, model = run.settings, run.model
     block = model.config.block_size
-    schedule = lr_schedule("cosine", s.lr, s.warmup_iters, s.max_iters, s.min_lr)
-    params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = s.batch_size * block * s.grad_accum
-    last_step = min(s.max_iters, s.stop_after) if s.stop_after is not None else s.max_iters
     run.log(f"run directory: {run.directory}")
     run.log(f"model: {model.num_parameters():,} parameters ({model.config.n_layer} layers, "
             f"{model.config.n_head} heads, n_embd {model.config.n_embd}, context {block}, "
             f"vocabulary {model.config.vocab_size}); {len(run.data.train):,} train tokens, "
             f"{len(run.data.val):,} val tokens; {tokens_per_step:,} tokens per step")
-    model.train()
+    token_bytes = token_byte_lengths(run.tokenizer)
+    config = LoopConfig(
+        max_steps=s.max_iters, lr=s.lr, schedule="cosine", warmup_steps=s.warmup_iters,
+        min_lr=s.min_lr, grad_clip=s.grad_clip, eval_interval=s.eval_interval,
+        stop_after=s.stop_after, seed=s.seed, progress=s.progress,
+        failure_hint=f"The last good checkpoint is in {run.directory / 'latest'}. Try a lower "
+                     f"--lr or --grad-clip.")
+
+    def batches(step: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        rng = step_rng(s.seed, step, BATCHES)
+        return [run.data.get_batch("train", s.batch_size, block, rng)
+                for _ in range(s.grad_accum)]
+
+    def checkpoint(step: int, losses: dict[str, float]) -> str:
+        run.step = step
+        improved = losses["val_loss"] < run.best_val
+        if improved:
+            run.best_val = losses["val_loss"]
+        run.save("latest")
+        if improved:
+            run.save("best")
+        sample = sample_text(model, run.tokenizer, s.sample_prompt, s.sample_tokens,
+                             seed=s.seed + step) if s.sample_tokens > 0 else ""
+        return (" (best)" if improved else "") + \
+            (f"\n--- sample ---\n{sample.strip()}\n--------------" if sample else "")
+
     started = time.perf_counter()
-    smoothed_speed = None
-    bar = tqdm(total=last_step, initial=run.step, desc="training", unit="step",
-               disable=not s.progress, dynamic_ncols=True)
-    with GracefulInterrupt() as interrupt, DataParallel(s.threads) as parallel:
-        run.parallel = parallel
-        while run.step < last_step and not interrupt.requested:
-            step = run.step
-            t0 = time.perf_counter()
-            lr = schedule(step)
-            optimizer.lr = lr
-            batch_rng = step_rng(s.seed, step, BATCHES)
-            batches = [run.data.get_batch("train", s.batch_size, block, batch_rng)
-                       for _ in range(s.grad_accum)]
-            model.zero_grad()
-            loss_value = backward_batches(parallel, model.loss, batches, params, s.seed, step)
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise TrainingError(
-                    f"the loss became {loss_value} at step {step}; stopping. The last good "
-                    f"checkpoint is in {run.directory / 'latest'}. Try a lower --lr or "
-                    f"--grad-clip.")
-            grad_norm = clip_grad_norm(params, s.grad_clip) if s.grad_clip > 0 else float("nan")
-            optimizer.step(parallel)
-            run.step = step + 1
-            dt = time.perf_counter() - t0
-            speed = tokens_per_step / dt
-            smoothed_speed = speed if smoothed_speed is None else 0.9 * smoothed_speed + 0.1 * speed
-            run.append_metrics({"step": run.step, "loss": round(loss_value, 5), "lr": lr,
-                                "grad_norm": round(grad_norm, 4), "tokens_per_sec": round(speed),
-                                "time": round(time.perf_counter() - started, 3)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{smoothed_speed:,.0f}")
-            if run.step % s.eval_interval == 0 and run.step < last_step:
-                evaluate_and_checkpoint(run, bar)
-        bar.close()
-        interrupted = interrupt.requested
-        if interrupted:
-            run.log(f"interrupted at step {run.step}: saving a checkpoint (Ctrl-C again to "
-                    f"quit without saving)...")
-        final = evaluate_and_checkpoint(run, None)
-    run.parallel = None
-    plot_metrics(run.directory)
-    summary = {"step": run.step, "train_loss": final["train"], "val_loss": final["val"],
-               "best_val_loss": run.best_val, "interrupted": interrupted,
-               "minutes": (time.perf_counter() - started) / 60, "run_directory": str(run.directory)}
-    run.log(f"step {run.step}: train loss {final['train']:.4f}, val loss {final['val']:.4f} "
-            f"(best {run.best_val:.4f}); checkpoints in {run.directory}")
-    if interrupted:
+    with training_threads(s.threads) as parallel:
+        def evaluate(step: int) -> dict[str, float]:
+            return estimate_loss(model, run.data, s.batch_size, s.eval_iters, s.seed, parallel,
+                                 token_bytes)
+        result = train_loop(model, run.optimizer, Task(batches, model.loss, evaluate, checkpoint),
+                            config, run.metrics, start_step=run.step, parallel=parallel,
+                            log=run.log)
+    run.step = result.steps
+    final = result.final
+    summary = {"step": run.step, "train_loss": final["train_loss"],
+               "val_loss": final["val_loss"], "val_bpb": final["val_bpb"],
+               "best_val_loss": run.best_val, "interrupted": result.interrupted,
+               "minutes": (time.perf_counter() - started) / 60,
+               "run_directory": str(run.directory)}
+    run.log(f"best val loss {run.best_val:.4f}; checkpoints in {run.directory}")
+    if result.interrupted:
         run.log(f"resume with: python train.py --resume {run.directory}")
     return summary
-
-
-class GracefulInterrupt:
-    """Turn the first Ctrl-C into a request to stop after the current step.
-
-    Stopping in the middle of an optimizer step would save half-updated weights; so the loop
-    finishes the step, saves a checkpoint and exits. A second Ctrl-C interrupts at once.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-def evaluate_and_checkpoint(run: Run, bar) -> dict[str, float]:
-    s = run.settings
-    losses = estimate_loss(run.model, run.data, s.batch_size, s.eval_iters, s.seed,
-                           run.parallel)
-    improved = losses["val"] < run.best_val
-    if improved:
-        run.best_val = losses["val"]
-    run.append_metrics({"step": run.step, "eval_train_loss": round(losses["train"], 5),
-                        "eval_val_loss": round(losses["val"], 5)})
-    sample = sample_text(run.model, run.tokenizer, s.sample_prompt, s.sample_tokens,
-                         seed=s.seed + run.step) if s.sample_tokens > 0 else ""
-    message = (f"step {run.step}: train loss {losses['train']:.4f}, val loss "
-               f"{losses['val']:.4f}" + (" (best)" if improved else ""))
-    if sample:
-        message += "\n--- sample ---\n" + sample.strip() + "\n--------------"
-    (bar.write if bar is not None else run.log)(message)
-    run.save("latest")
-    if improved:
-        run.save("best")
-    return losses
-
-
-def plot_metrics(directory: Path) -> Path | None:
-    """loss.png from metrics.jsonl, when matplotlib is installed (an optional extra)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = _read_metrics(directory / METRICS_FILE, up_to_step=10 ** 12)
-    steps = [r["step"] for r in rows if "loss" in r]
-    losses = [r["loss"] for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if losses:
-        ax.plot(steps, losses, alpha=0.35, label="train loss (per step)")
-    if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_train_loss"] for r in evals], "o-",
-                label="train loss (eval)")
-        ax.plot([r["step"] for r in evals], [r["eval_val_loss"] for r in evals], "o-",
-                label="val loss (eval)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = directory / PLOT_FILE
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
