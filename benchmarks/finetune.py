@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from autograd import functional as F
+from autograd.allocator import keep_freed_memory
 from autograd.optim import AdamW, clip_grad_norm, decay_groups
 from gpt import GPT, GPTConfig
 from gpt.finetune.lora import apply_lora
@@ -94,4 +95,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                  # as train.py does
     main()

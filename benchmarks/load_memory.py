@@ -49,10 +49,12 @@ def child(method: str, directory: str) -> None:
     import numpy as np
 
     from autograd import no_grad
+    from autograd.allocator import keep_freed_memory
     from gpt import GPT
     from gpt.io.checkpoint import load_pretrained, read_config, weights_from_hf
     from gpt.io.safetensors import load_file
 
+    keep_freed_memory()                   # as chat.py does before it loads a model
     row = {"method": method, "after_imports_mb": status_kb("VmRSS") / 1024}
     start = time.perf_counter()
     if method == "init+copy":

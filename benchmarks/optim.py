@@ -26,6 +26,7 @@ import numpy as np
 
 from autograd import functional as F
 from autograd import optim
+from autograd.allocator import keep_freed_memory
 from autograd.nn import Parameter
 from autograd.parallel import DataParallel
 
@@ -174,4 +175,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                  # as train.py does
     main()

@@ -17,7 +17,6 @@ batches of 12). PyTorch is not a dependency of this project; see benchmarks/pyto
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,7 @@ import torch
 from pytorch_train import GPT
 
 # Our split rule, so both sides see the same validation text. (This environment needs numpy
-# and regex, which the project needs anyway; PyTorch keeps its own malloc settings.)
-os.environ.setdefault("DU_KEEP_MALLOC", "1")
+# and regex, which the project needs anyway.)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpt.data.corpora import split_text  # noqa: E402
 

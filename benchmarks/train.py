@@ -55,12 +55,14 @@ GROUPS = {
 
 
 def run_one(name: str, threads: int) -> dict:
+    from autograd.allocator import keep_freed_memory
     from autograd.optim import AdamW, clip_grad_norm, decay_groups
     from autograd.parallel import DataParallel, limit_blas_threads
     from autograd.profiler import profile
     from gpt import GPT, GPTConfig
     from gpt.train.pretrain import backward_batches
 
+    keep_freed_memory()                      # as train.py does
     spec = CONFIGS[name]
     config = GPTConfig(**spec["model"])
     batch, block = spec["batch"], config.block_size
