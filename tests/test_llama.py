@@ -14,6 +14,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import _tiny_chat as tiny_chat
 import numpy as np
 import pytest
 from _paths import reference_file
@@ -22,7 +23,8 @@ from autograd import Tensor, no_grad
 from autograd import functional as F
 from autograd.gradcheck import gradcheck
 from autograd.ops.rope import rope_frequencies
-from gpt.core.generate import generate, generate_uncached
+from gpt.chat.engine import ChatEngine
+from gpt.core.generate import SamplingParams, generate, generate_uncached
 from gpt.core.llama import Llama, LlamaBlock, LlamaConfig
 from gpt.core.model import KVCache
 from gpt.io.checkpoint import CheckpointError, load_pretrained, save_pretrained
@@ -483,3 +485,31 @@ def test_the_kv_cache_grows_as_it_fills_and_keeps_what_it_held():
     assert np.array_equal(keys, everything) and np.array_equal(values, -everything)
     with pytest.raises(ValueError, match="do not fit in max_length 600"):
         cache.store(0, chunks[0][:, :, :1], chunks[0][:, :, :1])
+
+
+def test_a_saved_llama_with_a_tokenizer_chats_through_the_engine(tmp_path):
+    # The chat engine, like generation, only needs the shared model interface.
+    model = Llama(tiny_config(vocab_size=tiny_chat.tokenizer().vocab_size, block_size=48),
+                  rng=np.random.default_rng(0))
+    save_pretrained(model, tmp_path / "chat", tiny_chat.tokenizer())
+    engine = ChatEngine.from_checkpoint(tmp_path / "chat")
+    assert isinstance(engine.model, Llama) and engine.context_length == 48
+    reply = engine.chat([{"role": "user", "content": "hi"}],
+                        SamplingParams(max_new_tokens=5, temperature=0)).read()
+    assert isinstance(reply, str)
+    assert engine.tokens_generated > 0
+
+
+def test_float32_weights_stay_in_the_file_and_transposed_ones_are_our_layout(tmp_path):
+    # Tensors our layout shares with the file (embedding, norms) are the mapped pages
+    # themselves; Linear weights are new C-ordered (in, out) arrays, made one by one.
+    directory, _ = reference("hf-llama-tiny")
+    model = load_pretrained(copy_with_config(directory, tmp_path / "copy"))
+    params = dict(model.named_parameters())
+    for name in ("embed_tokens.weight", "norm.weight", "layers.0.input_layernorm.weight"):
+        assert not params[name].data.flags.owndata, name
+    q = params["layers.0.self_attn.q_proj.weight"].data
+    assert q.flags.c_contiguous and q.flags.owndata
+    before = (tmp_path / "copy" / "model.safetensors").read_bytes()
+    params["embed_tokens.weight"].data += 1.0          # copy-on-write: the file stays as it was
+    assert (tmp_path / "copy" / "model.safetensors").read_bytes() == before
