@@ -35,9 +35,9 @@ from .ops.linear import linear
 from .ops.softmax import cross_entropy, linear_cross_entropy, log_softmax, softmax
 from .tensor import Tensor
 
-__all__ = ["linear", "softmax", "log_softmax", "cross_entropy", "linear_cross_entropy", "layer_norm", "gelu",
-           "embedding", "dropout", "scaled_dot_product_attention", "multi_head_attention",
-           "relu", "tanh", "causal_bias"]
+__all__ = ["linear", "softmax", "log_softmax", "cross_entropy", "linear_cross_entropy",
+           "layer_norm", "gelu", "embedding", "dropout", "scaled_dot_product_attention",
+           "multi_head_attention", "relu", "tanh", "causal_bias"]
 
 
 def relu(x: Tensor) -> Tensor:

@@ -20,6 +20,16 @@ same ops composed from elementary Tensor ops, which the tests compare these agai
     embedding.py   embedding (a row lookup; its backward is a scatter-add)
     dropout.py     dropout
     attention.py   scaled_dot_product_attention, multi_head_attention, causal_bias
+
+Ops of later models (Llama, Qwen3, nanochat):
+
+    rms_norm.py    rms_norm
+    rope.py        rope (rotary position embeddings)
+    relu_squared.py, swiglu.py, softcap.py     activations and logit soft-capping
+    repeat_kv.py   repeat_kv, grouped_query_attention
+
+Helpers the ops share:
+
     sums.py        row_sums, col_sums, row_means: reductions as matrix-vector products
     chunks.py      in_chunks: long elementwise chains one cache-sized slice at a time
     graph.py       record, needs_grad: how a fused op becomes one node of the graph

@@ -83,15 +83,15 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, is_causal: bo
     n_queries, n_keys = q.shape[2], k.shape[2]
     blocks = attention_blocks(n_queries, n_keys, is_causal)
     bias = causal_bias(n_queries, n_keys, q.dtype) if is_causal else None
-    p = np.empty(q.shape[:3] + (n_keys,), dtype=q.dtype)                  # (B, H, T, S)
-    mask = p_dropped = None
-    if dropout_p > 0.0:
+    p = np.empty(q.shape[:3] + (n_keys,), dtype=q.dtype)                   # (B, H, T, S)
+    mask, p_dropped = None, p                                              # P' = P ...
+    if dropout_p > 0.0:                                                    # ... or P * M
         mask = dropout_mask(p.shape, dropout_p, p.dtype,
                             rng if rng is not None else default_rng())
-        p_dropped = np.empty_like(p)
-    out = np.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype)            # (B, H, T, D)
+        p_dropped = np.empty_like(p)                                       # (B, H, T, S)
+    out = np.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype)             # (B, H, T, D)
     for start, stop, keys in blocks:
-        p_block = p[:, :, start:stop, :keys]
+        p_block = p[:, :, start:stop, :keys]                               # holds S, then P
         np.matmul(q[:, :, start:stop], k[:, :, :keys].swapaxes(-1, -2), out=p_block)
         p_block *= scale                                                   # S
         if bias is not None:
@@ -99,13 +99,12 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, is_causal: bo
         p_block -= p_block.max(axis=-1, keepdims=True)
         np.exp(p_block, out=p_block)
         p_block /= row_sums(p_block)[..., None]                            # P
+        p_dropped_block = p_block
         if mask is not None:
-            p_block = np.multiply(p_block, mask[:, :, start:stop, :keys],
-                                  out=p_dropped[:, :, start:stop, :keys])  # P'
-        np.matmul(p_block, v[:, :, :keys], out=out[:, :, start:stop])     # O
-    saved = AttentionSaved(q, k, v, p, p if mask is None else p_dropped, mask, out, scale,
-                           blocks)
-    return out, saved
+            p_dropped_block = np.multiply(p_block, mask[:, :, start:stop, :keys],
+                                          out=p_dropped[:, :, start:stop, :keys])
+        np.matmul(p_dropped_block, v[:, :, :keys], out=out[:, :, start:stop])   # O = P' V
+    return out, AttentionSaved(q, k, v, p, p_dropped, mask, out, scale, blocks)
 
 
 def attention_backward(d_out: np.ndarray, saved: AttentionSaved, need_dq: bool, need_dk: bool,
@@ -136,7 +135,8 @@ def attention_backward(d_out: np.ndarray, saved: AttentionSaved, need_dq: bool, 
     d_s_scaled = None
     if need_dq or need_dk:
         d_s_scaled = np.empty_like(p)                      # dS / sqrt(D), by blocks (B, H, T, S)
-        rowsum_dp_p = np.sum(d_out * out, axis=-1, keepdims=True)        # (B, H, T, 1)
+        # rowsum(dP * P), computed as rowsum(dO * O)                     (B, H, T, 1)
+        rowsum_dp_p = np.sum(d_out * out, axis=-1, keepdims=True)
         for start, stop, keys in blocks:
             block = d_s_scaled[:, :, start:stop, :keys]   # holds, step by step:
             np.matmul(d_out[:, :, start:stop], v[:, :, :keys].swapaxes(-1, -2), out=block)  # dP'

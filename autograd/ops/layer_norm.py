@@ -46,7 +46,8 @@ def layer_norm_backward(d_y: np.ndarray, saved: LayerNormSaved, need_dx: bool, n
     """dL/dx, dL/dw, dL/db from g = dL/dy; None for each one not needed.
 
     w and b: every row used them, so their gradients sum over the rows:
-        y_j = xhat_j w_j + b_j   =>   dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g
+        y_j = xhat_j w_j + b_j   =>   dL/dw = sum over rows of g * xhat,
+                                      dL/db = sum over rows of g
 
     x, one row of C values. The gradient arriving at xhat is  dxhat = g * w.
     xhat_j = (x_j - mean) * rstd, and x_i moves three things: x_j itself (j = i), the mean and
@@ -73,11 +74,9 @@ def layer_norm_backward(d_y: np.ndarray, saved: LayerNormSaved, need_dx: bool, n
     xhat, rstd, weight, x_shape = saved
     n_channels = xhat.shape[1]
     g = d_y.reshape(-1, n_channels)                            # (N, C)
-    d_b = col_sums(g) if need_db else None
-    if not (need_dx or need_dw):
-        return None, None, d_b
-    g_xhat = g * xhat                                          # (N, C)
+    g_xhat = g * xhat if need_dx or need_dw else None          # (N, C)
     d_w = col_sums(g_xhat) if need_dw else None
+    d_b = col_sums(g) if need_db else None
     d_x = None
     if need_dx:
         w = weight if weight is not None else filled(n_channels, 1.0, xhat.dtype)

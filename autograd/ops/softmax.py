@@ -75,7 +75,8 @@ def log_softmax_backward(d_y: np.ndarray, saved: LogSoftmaxSaved) -> np.ndarray:
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """x - log(sum(exp(x))) along `axis`. The math: `log_softmax_forward`, `log_softmax_backward`."""
+    """x - log(sum(exp(x))) along `axis`.
+    The math: `log_softmax_forward`, `log_softmax_backward`."""
     y, saved = log_softmax_forward(x.data, axis)
     return record(y, (x,), lambda d_y: (log_softmax_backward(d_y, saved),), "log_softmax")
 
