@@ -184,10 +184,10 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), "
                          f"got {dropout_p}")
     out, saved = attention_forward(q.data, k.data, v.data, is_causal, dropout_p, rng)
+    need_dq, need_dk, need_dv = q.requires_grad, k.requires_grad, v.requires_grad
 
     def backward(d_out: np.ndarray) -> tuple:
-        return attention_backward(d_out, saved, q.requires_grad, k.requires_grad,
-                                  v.requires_grad)
+        return attention_backward(d_out, saved, need_dq, need_dk, need_dv)
     return record(out, (q, k, v), backward, "attention")
 
 

@@ -3,6 +3,10 @@
 An op's public function computes its output with `<op>_forward`, then calls `record` with the
 output, its input tensors and a `backward(d_out)` that calls `<op>_backward`. The engine calls
 that `backward` once, during `loss.backward()`, with the gradient arriving at the output.
+
+The engine's rule for inputs that need no gradient (autograd/tensor.py) holds here too: which
+inputs need one is read when the op runs (`needs_grad`), and `<op>_backward` returns None for
+the others without computing them.
 """
 from __future__ import annotations
 
@@ -14,10 +18,7 @@ from ..tensor import Tensor
 
 
 def needs_grad(t: Tensor | None) -> bool:
-    """True if `t` is present and the engine wants its gradient.
-
-    A backward skips (and returns None for) every input for which this is False: there is no
-    point computing a gradient nobody will read."""
+    """True if `t` is present and requires a gradient: an optional input (None) needs none."""
     return t is not None and t.requires_grad
 
 

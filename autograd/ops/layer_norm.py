@@ -103,8 +103,8 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                              f"for input of shape {x.shape}")
     y, saved = layer_norm_forward(x.data, weight.data if weight is not None else None,
                                   bias.data if bias is not None else None, eps)
+    need_dx, need_dw, need_db = x.requires_grad, needs_grad(weight), needs_grad(bias)
 
     def backward(d_y: np.ndarray) -> tuple:
-        return layer_norm_backward(d_y, saved, x.requires_grad, needs_grad(weight),
-                                   needs_grad(bias))
+        return layer_norm_backward(d_y, saved, need_dx, need_dw, need_db)
     return record(y, (x, weight, bias), backward, "layer_norm")

@@ -61,8 +61,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the "
                          f"weight expects {n_in} (weight shape {weight.shape})")
     y, saved = linear_forward(x.data, weight.data, bias.data if bias is not None else None)
+    need_dx, need_dw, need_db = x.requires_grad, weight.requires_grad, needs_grad(bias)
 
     def backward(d_y: np.ndarray) -> tuple:
-        return linear_backward(d_y, saved, x.requires_grad, weight.requires_grad,
-                               needs_grad(bias))
+        return linear_backward(d_y, saved, need_dx, need_dw, need_db)
     return record(y, (x, weight, bias), backward, "linear")

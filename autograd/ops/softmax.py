@@ -252,10 +252,10 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets, ignore_index: int =
                       reduction)
     loss, saved = linear_cross_entropy_forward(xd.reshape(-1, w.shape[1]), w, t.reshape(-1),
                                                ignore_index, reduction)
+    need_dx, need_dw = x.requires_grad, weight.requires_grad
 
     def backward(d_loss: np.ndarray) -> tuple:
-        d_x2, d_w = linear_cross_entropy_backward(d_loss, saved, x.requires_grad,
-                                                  weight.requires_grad)
+        d_x2, d_w = linear_cross_entropy_backward(d_loss, saved, need_dx, need_dw)
         return (d_x2.reshape(xd.shape) if d_x2 is not None else None), d_w
     return record(loss.reshape(t.shape) if reduction == "none" else loss, (x, weight), backward,
                   "linear_cross_entropy")
