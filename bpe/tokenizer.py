@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence
 
 import regex
 
-from .apply import LONG_CHUNK, apply_merges
+from .apply import apply_merges, encode_chunks
 from .base import BaseTokenizer
+from .gpt2 import read_gpt2_files
 from .patterns import ascii_splitter, pattern_name, resolve_pattern
 from .train import MAX_VOCAB, count_chunks, learn_merges
-
-# Remembered chunk encodings; past this many the memo is emptied and starts again.
-_CACHE_LIMIT = 1 << 18
 
 
 class Tokenizer(BaseTokenizer):
@@ -161,8 +158,6 @@ class Tokenizer(BaseTokenizer):
         paths, or one directory holding either pair. The result gives GPT-2's ids exactly,
         ``<|endoftext|>`` = 50256 included.
         """
-        from .gpt2 import read_gpt2_files
-
         merges, byte_order, specials = read_gpt2_files(encoder_json, vocab_bpe)
         return cls(merges, "gpt2", specials, byte_order=byte_order)
 
@@ -204,26 +199,13 @@ class Tokenizer(BaseTokenizer):
             chunks = self._chunk_re.findall(text)
         else:
             chunks = [text]
-        cache = self._cache
-        missing = set(chunks).difference(cache)
-        if missing:
-            if len(cache) + len(missing) > _CACHE_LIMIT:
-                cache.clear()
-                missing = set(chunks)
-            table, merged_id = self._byte_to_id, self._merged_id
-            for chunk in missing:
-                data = chunk.encode("utf-8")
-                if table is not None:
-                    data = data.translate(table)
-                cache[chunk] = apply_merges(list(data), merged_id)
-        # One C-level pass: look every chunk up and concatenate the results.
-        ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
-        for chunk in missing:
-            # Long chunks (a text with no split pattern is one) are rarely seen twice and would
-            # fill the memo; drop them.
-            if len(chunk) > LONG_CHUNK:
-                del cache[chunk]
-        return ids
+        return encode_chunks(chunks, self._cache, self._encode_chunk)
+
+    def _encode_chunk(self, chunk: str) -> list[int]:
+        data = chunk.encode("utf-8")
+        if self._byte_to_id is not None:
+            data = data.translate(self._byte_to_id)
+        return apply_merges(list(data), self._merged_id)
 
     # -- decoding ------------------------------------------------------------------------------
 
