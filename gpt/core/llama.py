@@ -164,12 +164,13 @@ class LlamaAttention(Module):
 
     def __init__(self, config: LlamaConfig, rope_freqs: np.ndarray):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, \
-            config.head_size
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_size = config.head_size
         self.dropout_p = config.dropout
         self.rope_freqs = rope_freqs                  # (D/2,), shared by every layer
-        c, q_width, kv_width = config.n_embd, config.n_head * config.head_size, \
-            config.n_kv_head * config.head_size
+        c = config.n_embd
+        q_width = config.n_head * config.head_size    # not always C: Qwen3 sets head_dim apart
+        kv_width = config.n_kv_head * config.head_size
         self.q_proj = Linear(c, q_width, bias=False)
         self.k_proj = Linear(c, kv_width, bias=False)
         self.v_proj = Linear(c, kv_width, bias=False)
