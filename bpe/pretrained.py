@@ -30,6 +30,11 @@ pairs by priority), with these differences, all read from the model's files by `
 Tokens are stored as Hugging Face spells them: each byte as one printable character of GPT-2's
 table (see `bpe.gpt2`), so a space is ``Ġ``. Decoding joins the tokens' bytes; an added token
 stands for the UTF-8 bytes of its text.
+
+One known limit: the split regexes run on the `regex` module, whose Unicode tables can be newer
+than those of Hugging Face's and tiktoken's regex engines. A character first assigned in Unicode
+17 (such as the CJK ideographs of Extension J) is a letter here and not there, so a text holding
+one can be cut differently. NFC likewise uses Python's own Unicode tables.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from .base import AllowedSpecial, BaseTokenizer
 from .gpt2 import byte_to_char
 from .patterns import GPT2_PATTERN, ascii_splitter, special_token_regex
 
-#: Meta's split pattern for Llama 3 (its tiktoken file does not carry one). It cuts as GPT-4's does.
+#: Meta's split pattern for Llama 3 (its tiktoken file does not carry one).
 LLAMA3_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -66,7 +71,7 @@ DIGIT_RUNS_PATTERN = r"\p{N}+"
 NFC = "NFC"
 
 # Equivalents of the patterns above for ASCII-only text, for the standard `re` module, which cuts
-# about twice as fast as `regex` (see `bpe.patterns` for why each rewrite is exact on ASCII).
+# faster than `regex` (see `bpe.patterns` for why each rewrite is exact on ASCII).
 _WS = r" \t\n\r\x0b\x0c"
 _ASCII_VERSIONS: dict[str, str] = {
     LLAMA3_PATTERN: (
