@@ -49,7 +49,7 @@ import regex
 from .apply import apply_merges, encode_chunks
 from .base import AllowedSpecial, BaseTokenizer
 from .gpt2 import byte_to_char
-from .patterns import GPT2_PATTERN, ascii_splitter, special_token_regex
+from .patterns import GPT2_PATTERN, GPT4_PATTERN, ascii_splitter, special_token_regex
 
 #: Meta's split pattern for Llama 3 (its tiktoken file does not carry one).
 LLAMA3_PATTERN = (
@@ -442,7 +442,43 @@ def _splitter(patterns: Sequence[str]) -> Callable[[str], list[str]]:
 
     if ascii_stages is None:
         return lambda text: run(stages, text)
-    return lambda text: run(ascii_stages if text.isascii() else stages, text)
+    if not _CUT_SAFE.issuperset(patterns):
+        return lambda text: run(ascii_stages if text.isascii() else stages, text)
+
+    def split(text: str) -> list[str]:
+        if text.isascii():
+            return run(ascii_stages, text)
+        # Mostly ASCII text with a few other characters: its ASCII lines take the fast path.
+        chunks: list[str] = []
+        for piece in _lines_for_splitting(text):
+            chunks.extend(run(ascii_stages if piece.isascii() else stages, piece))
+        return chunks
+
+    return split
+
+
+#: The patterns that always end a chunk after a newline that follows a non-space character and
+#: precedes an ASCII letter (so text may be cut there and each piece split on its own). The
+#: newline cannot join the letter (only a literal space or a non-newline may lead a word), and
+#: any chunk that holds it ends right after it: whitespace runs stop at the non-space before it,
+#: and punctuation takes the newlines after it, up to the letter. No pattern looks behind, and
+#: no lookahead before the newline can see past it (``\s+(?!\S)`` needs a run of whitespace).
+_CUT_SAFE = frozenset(
+    [GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, DIGITS_PATTERN, DIGIT_RUNS_PATTERN]
+)
+_NEWLINE_BEFORE_LETTER = re.compile(r"\n(?=[A-Za-z])")
+
+
+def _lines_for_splitting(text: str) -> list[str]:
+    """``text`` cut after each newline between a non-space character and an ASCII letter."""
+    pieces, start = [], 0
+    for newline in _NEWLINE_BEFORE_LETTER.finditer(text):
+        end = newline.end()
+        if end >= 2 and not text[end - 2].isspace():
+            pieces.append(text[start:end])
+            start = end
+    pieces.append(text[start:])
+    return pieces
 
 
 def _ascii_re(pattern: str) -> re.Pattern[str] | None:

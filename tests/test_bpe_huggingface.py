@@ -27,12 +27,14 @@ from bpe import (
     load_tokenizer,
 )
 from bpe.gpt2 import byte_to_char
+from bpe.patterns import GPT2_PATTERN, GPT4_PATTERN
 from bpe.pretrained import (
     _ASCII_VERSIONS,
     DIGIT_RUNS_PATTERN,
     DIGITS_PATTERN,
     LLAMA3_PATTERN,
     QWEN2_PATTERN,
+    _splitter,
 )
 
 # Where each model's tokenizer is read from: Qwen3 ships it twice, as tokenizer.json and as
@@ -197,6 +199,36 @@ def test_ascii_fast_split_equals_the_unicode_split(pattern):
             assert fast.findall(text) == slow.findall(text), text
     text = "Numbers 12345, 'LL 've\r\n\n  \tend  " * 3
     assert fast.findall(text) == slow.findall(text)
+
+
+STAGE_LISTS = {
+    "qwen2": [QWEN2_PATTERN],
+    "llama3": [LLAMA3_PATTERN],
+    "smollm2": [DIGITS_PATTERN, GPT2_PATTERN],
+    "digit-runs+gpt2": [DIGIT_RUNS_PATTERN, GPT2_PATTERN],
+    "gpt4": [GPT4_PATTERN],
+}
+
+
+@pytest.mark.parametrize("name", list(STAGE_LISTS))
+def test_fast_splitting_equals_plain_regex_splitting(name):
+    # The splitter takes shortcuts (ASCII lines through `re`, text cut after certain newlines);
+    # here each stage is simply `regex.split` keeping the text between matches.
+    patterns = STAGE_LISTS[name]
+    split = _splitter(patterns)
+
+    def plain(text: str) -> list[str]:
+        pieces = [text]
+        for pattern in patterns:
+            cut = regex.compile(f"({pattern})")
+            pieces = [part for piece in pieces for part in cut.split(piece) if part]
+        return pieces
+
+    rng = random.Random(5)
+    pool = list("aZq.,!'s \n\n\n\r\t\x0b\x1c1234é你½\xa0\u2028") + ["\n\n", " \n"]
+    for _ in range(2000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) + "é"
+        assert split(text) == plain(text), repr(text)
 
 
 # -- small synthetic files: each rule on its own -------------------------------------------------
