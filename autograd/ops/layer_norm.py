@@ -79,6 +79,7 @@ def layer_norm_backward(d_y: np.ndarray, saved: LayerNormSaved, need_dx: bool, n
     d_b = col_sums(g) if need_db else None
     d_x = None
     if need_dx:
+        # without a weight, w = 1
         w = weight if weight is not None else filled(n_channels, 1.0, xhat.dtype)
         mean_dxhat = (g @ w)[:, None] * (1.0 / n_channels)               # (N, 1)
         mean_dxhat_xhat = (g_xhat @ w)[:, None] * (1.0 / n_channels)     # (N, 1)
