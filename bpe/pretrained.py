@@ -31,10 +31,12 @@ Tokens are stored as Hugging Face spells them: each byte as one printable charac
 table (see `bpe.gpt2`), so a space is ``Ġ``. Decoding joins the tokens' bytes; an added token
 stands for the UTF-8 bytes of its text.
 
-One known limit: the split regexes run on the `regex` module, whose Unicode tables can be newer
-than those of Hugging Face's and tiktoken's regex engines. A character first assigned in Unicode
-17 (such as the CJK ideographs of Extension J) is a letter here and not there, so a text holding
-one can be cut differently. NFC likewise uses Python's own Unicode tables.
+Known limits, both from Unicode tables of different ages: the split regexes run on the `regex`
+module, whose tables are newer than those of Hugging Face's and tiktoken's regex engines (a
+character first assigned in Unicode 17, such as a CJK ideograph of Extension J, is a letter here
+and not there, so a text holding one can be cut differently); and NFC uses Python's tables, newer
+than Hugging Face's (two combining marks one of which is recent, such as U+0EBA from Unicode 12,
+can come out in another order).
 """
 
 from __future__ import annotations
