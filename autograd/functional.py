@@ -22,6 +22,12 @@ differences; tests/test_autograd_ops.py checks each against `autograd.reference`
     dropout                                                    ops/dropout.py
     scaled_dot_product_attention, multi_head_attention,        ops/attention.py
         causal_bias
+    rms_norm                                                   ops/rms_norm.py
+    rope (rope_frequencies, rope_tables)                       ops/rope.py
+    relu_squared                                               ops/relu_squared.py
+    swiglu                                                     ops/swiglu.py
+    repeat_kv, grouped_query_attention                         ops/repeat_kv.py
+    softcap                                                    ops/softcap.py
     relu, tanh: the engine's own elementwise ops (Tensor.relu, Tensor.tanh)
 """
 from __future__ import annotations
@@ -32,12 +38,20 @@ from .ops.embedding import embedding
 from .ops.gelu import gelu
 from .ops.layer_norm import layer_norm
 from .ops.linear import linear
+from .ops.relu_squared import relu_squared
+from .ops.repeat_kv import grouped_query_attention, repeat_kv
+from .ops.rms_norm import rms_norm
+from .ops.rope import rope, rope_frequencies
+from .ops.softcap import softcap
 from .ops.softmax import cross_entropy, linear_cross_entropy, log_softmax, softmax
+from .ops.swiglu import swiglu
 from .tensor import Tensor
 
 __all__ = ["linear", "softmax", "log_softmax", "cross_entropy", "linear_cross_entropy",
            "layer_norm", "gelu", "embedding", "dropout", "scaled_dot_product_attention",
-           "multi_head_attention", "relu", "tanh", "causal_bias"]
+           "multi_head_attention", "relu", "tanh", "causal_bias", "rms_norm", "rope",
+           "rope_frequencies", "relu_squared", "swiglu", "repeat_kv", "grouped_query_attention",
+           "softcap"]
 
 
 def relu(x: Tensor) -> Tensor:

@@ -213,6 +213,10 @@ def _transformer_check(n_blocks: int = 2) -> OpCheck:
     return OpCheck("transformer", f"{n_blocks} blocks, C=8, H=2, T=6, tied head, loss", build)
 
 
+# Llama 3's RoPE frequency scaling, as its config.json gives it.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
 OP_CHECKS: list[OpCheck] = [
     _binary("add", lambda a, b: a + b, (3, 4), (4,)),
     _binary("add", lambda a, b: a + b, (2, 3, 4), (3, 1)),
@@ -299,6 +303,27 @@ OP_CHECKS: list[OpCheck] = [
             lambda rng: ((lambda qkv: F.multi_head_attention(qkv, 4, 0.2,
                                                             np.random.default_rng(5))),
                          [_t(rng, 1, 4, 24)])),
+    OpCheck("rms_norm", "x(4, 6) w(6)",
+            lambda rng: (F.rms_norm, [_t(rng, 4, 6), _t(rng, 6)])),
+    OpCheck("rms_norm", "x(2, 3, 8) no weight",
+            lambda rng: (F.rms_norm, [_t(rng, 2, 3, 8)])),
+    _unary("rope", lambda x: F.rope(x, 0), (2, 2, 5, 4)),
+    OpCheck("rope", "(1, 3, 4, 8) start=7 theta=5e5",
+            lambda rng: ((lambda x: F.rope(x, 7, theta=500000.0)), [_t(rng, 1, 3, 4, 8)])),
+    OpCheck("rope", "(1, 2, 4, 8) start=3 llama3 scaling",
+            lambda rng: ((lambda x: F.rope(x, 3, freqs=F.rope_frequencies(8, 500000.0,
+                                                                           LLAMA3_ROPE))),
+                         [_t(rng, 1, 2, 4, 8)])),
+    _unary("relu_squared", F.relu_squared, (3, 4)),
+    _binary("swiglu", F.swiglu, (2, 3, 5), (2, 3, 5)),
+    _unary("softcap", lambda x: F.softcap(x, 2.5), (4, 6)),
+    _unary("repeat_kv", lambda x: F.repeat_kv(x, 3), (2, 2, 3, 4)),
+    OpCheck("grouped_query_attention", "q(2, 4, 5, 3) kv(2, 2, 5, 3) causal",
+            lambda rng: (F.grouped_query_attention,
+                         [_t(rng, 2, 4, 5, 3), _t(rng, 2, 2, 5, 3), _t(rng, 2, 2, 5, 3)])),
+    OpCheck("grouped_query_attention", "q(2, 4, 2, 3) kv(2, 1, 6, 3) causal",
+            lambda rng: (F.grouped_query_attention,
+                         [_t(rng, 2, 4, 2, 3), _t(rng, 2, 1, 6, 3), _t(rng, 2, 1, 6, 3)])),
     _transformer_check(2),
 ]
 

@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import functional as F
-from .ops.rms_norm import rms_norm
 from .random import default_rng
 from .tensor import Tensor
 
@@ -488,7 +487,7 @@ class RMSNorm(Module):
         self.weight = Parameter(_initial(dim, dtype, lambda: np.ones(dim))) if weight else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, eps=self.eps)
+        return F.rms_norm(x, self.weight, eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, weight={self.weight is not None}"

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from .nn import Embedding, Module, ModuleList
+from .ops.chunks import ELEMENTWISE_CHUNK
 from .tensor import Tensor
 
 if TYPE_CHECKING:
@@ -41,12 +42,11 @@ __all__ = ["Optimizer", "SGD", "AdamW", "Muon", "MultiOptimizer", "clip_grad_nor
            "decay_groups", "muon_param_groups", "muon_with_adamw", "orthogonalise",
            "constant_lr", "cosine_with_warmup", "lr_schedule", "split_arrays", "join_arrays"]
 
-# Elements per slice of the in-place update loops. 65536 float32 numbers are 256 KiB: the five
-# slices an Adam update juggles (p, g, m, v, scratch) stay in the CPU cache between its dozen
-# passes, while each NumPy call still has enough work that Python's ~1 us per call is noise.
-# Measured on GPT-2 124M: 16K-element slices lose to call overhead, whole tensors (no slicing)
-# are ~1.7x slower because every pass streams the tensor from main memory.
-CHUNK = 65536
+# Elements per slice of the in-place update loops (the same slice size as the fused elementwise
+# ops): the five slices an Adam update juggles (p, g, m, v, scratch) stay in the CPU cache
+# between its dozen passes, while each NumPy call still has enough work that Python's per-call
+# cost is noise. Whole tensors would stream from main memory on every pass.
+CHUNK = ELEMENTWISE_CHUNK
 
 
 class Optimizer:

@@ -19,11 +19,13 @@ import math
 import numpy as np
 
 from .random import default_rng
-from .tensor import Tensor
+from .ops.rope import rope_frequencies, rope_tables
+from .tensor import Tensor, concatenate
 
 __all__ = ["linear", "softmax", "log_softmax", "cross_entropy", "linear_cross_entropy",
            "layer_norm", "gelu", "embedding", "dropout", "scaled_dot_product_attention",
-           "multi_head_attention", "relu", "tanh"]
+           "multi_head_attention", "relu", "tanh", "rms_norm", "rope", "relu_squared", "swiglu",
+           "repeat_kv", "grouped_query_attention", "softcap"]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -126,3 +128,51 @@ def relu(x: Tensor) -> Tensor:
 
 def tanh(x: Tensor) -> Tensor:
     return 2.0 * (2.0 * x).sigmoid() - 1.0
+
+
+# -- the ops of the Llama family ---------------------------------------------------------------
+
+
+def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    y = x / ((x * x).mean(axis=-1, keepdims=True) + eps).sqrt()
+    return y * weight if weight is not None else y
+
+
+def rope(x: Tensor, start: int = 0, theta: float = 10000.0,
+         freqs: np.ndarray | None = None) -> Tensor:
+    # x * cos + rotate_half(x) * sin, the angle tables laid out as concat(angles, angles)
+    half = x.shape[-1] // 2
+    freqs = rope_frequencies(x.shape[-1], theta) if freqs is None else freqs
+    cos, sin = rope_tables(freqs, start, x.shape[-2], x.dtype)           # constants
+    rotated_half = concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * Tensor(np.concatenate([cos, cos], axis=-1))
+            + rotated_half * Tensor(np.concatenate([sin, sin], axis=-1)))
+
+
+def relu_squared(x: Tensor) -> Tensor:
+    r = x.relu()
+    return r * r
+
+
+def swiglu(a: Tensor, b: Tensor) -> Tensor:
+    return a * a.sigmoid() * b
+
+
+def softcap(x: Tensor, cap: float) -> Tensor:
+    return (x * (1.0 / cap)).tanh() * cap
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    if n_rep == 1:
+        return x
+    batch, heads, length, head_dim = x.shape
+    copies = concatenate([x[:, :, None]] * n_rep, axis=2)         # (B, H_kv, n_rep, S, D)
+    return copies.reshape(batch, heads * n_rep, length, head_dim)
+
+
+def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,
+                            dropout_p: float = 0.0,
+                            rng: np.random.Generator | None = None) -> Tensor:
+    n_rep = q.shape[1] // k.shape[1]
+    return scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
+                                        is_causal, dropout_p, rng)

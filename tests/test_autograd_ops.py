@@ -25,7 +25,7 @@ def test_gradcheck(check):
 
 
 def test_gradcheck_table_lists_every_functional_op():
-    assert set(F.__all__) - {"causal_bias"} <= {c.op for c in OP_CHECKS}
+    assert set(F.__all__) - {"causal_bias", "rope_frequencies"} <= {c.op for c in OP_CHECKS}
 
 
 def test_gradcheck_catches_a_wrong_backward():
@@ -102,6 +102,20 @@ REF_CASES = [
             lambda: dict(dropout_p=0.2, rng=np.random.default_rng(5))),
     RefCase("relu", "(3, 4)", _args(_x(3, 4))),
     RefCase("tanh", "(3, 4)", _args(_x(3, 4, scale=2.0))),
+    RefCase("rms_norm", "w", _args(_x(2, 3, 8, scale=3.0), _x(8))),
+    RefCase("rms_norm", "no weight, eps 0.1", _args(_x(4, 6), None), lambda: dict(eps=0.1)),
+    RefCase("rms_norm", "frozen w", _args(_x(4, 6), _x(6, grad=False))),
+    RefCase("rope", "start 0", _args(_x(2, 3, 5, 8))),
+    RefCase("rope", "start 9, theta 5e5", _args(_x(1, 2, 3, 8), 9), lambda: dict(theta=500000.0)),
+    RefCase("relu_squared", "(3, 4)", _args(_x(3, 4))),
+    RefCase("swiglu", "(2, 3, 5)", _args(_x(2, 3, 5, scale=3.0), _x(2, 3, 5))),
+    RefCase("swiglu", "frozen up", _args(_x(2, 3, 5), _x(2, 3, 5, grad=False))),
+    RefCase("softcap", "cap 2", _args(_x(4, 6, scale=4.0), 2.0)),
+    RefCase("repeat_kv", "n_rep 3", _args(_x(2, 2, 3, 4), 3)),
+    RefCase("grouped_query_attention", "causal T<S",
+            _args(_x(2, 4, 2, 3), _x(2, 2, 6, 3), _x(2, 2, 6, 3))),
+    RefCase("grouped_query_attention", "not causal",
+            _args(_x(1, 6, 3, 4), _x(1, 2, 5, 4), _x(1, 2, 5, 4)), lambda: dict(is_causal=False)),
 ]
 
 
@@ -119,7 +133,7 @@ def _fused_and_reference(case: RefCase, seed: int = 0):
 
 
 def test_every_fused_op_has_a_reference_and_a_case():
-    ops = set(F.__all__) - {"causal_bias"}
+    ops = set(F.__all__) - {"causal_bias", "rope_frequencies"}
     assert ops == {c.op for c in REF_CASES}
     assert ops <= set(reference.__all__)
 
