@@ -1,4 +1,4 @@
-"""`python -m gpt.download NAME`: the command; the code is gpt.data.hub."""
+"""`python -m gpt.download ORG/NAME` (or a GPT-2 name): the command; the code is gpt.data.hub."""
 import sys
 
 from gpt.data.hub import main

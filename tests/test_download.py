@@ -1,16 +1,19 @@
-"""The downloader (gpt.data.http) and `python -m gpt.download`, against a local server."""
+"""The downloader (gpt.data.http) and `python -m gpt.download`, against a local server
+(standing in for huggingface.co: its file listing API and its resolve/ URLs)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import time
 
 import pytest
 from _http_server import closed_port_url, serve  # noqa: F401  (serve is a fixture)
 
-from gpt.data import hub as gpt_download
+from gpt.data import hub
 from gpt.data.http import DownloadError, download, partial_path
+from gpt.io.checkpoint import resolve_checkpoint
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -114,37 +117,179 @@ def test_silent_server_times_out(tmp_path):
             download(url, tmp_path / "f", timeout=0.2, progress=False)
 
 
-def test_download_model_fetches_the_four_files_once(serve, tmp_path, monkeypatch):
-    files = {f"/gpt2/resolve/main/{name}": name.encode() * 10 for name in gpt_download.MODEL_FILES}
-    with serve(files) as server:
-        monkeypatch.setattr(gpt_download, "HF_URL", server.url("/{model}/resolve/main/{file}"))
-        directory = gpt_download.download_model("gpt2", tmp_path / "gpt2", progress=False)
-        assert sorted(p.name for p in directory.iterdir()) == sorted(gpt_download.MODEL_FILES)
-        assert (directory / "vocab.json").read_bytes() == b"vocab.json" * 10
-        count = len(server.requests)
-        gpt_download.download_model("gpt2", directory, progress=False)
-        assert len(server.requests) == count  # everything was already there
+# -- python -m gpt.download ORG/NAME ---------------------------------------------------------------
+
+
+def fake_hub(repo: str, files: dict[str, bytes], *, lfs=("model.safetensors",), gated=False,
+             listed_size: dict[str, int] | None = None, listed_sha: dict[str, str] | None = None,
+             revision: str = "main") -> dict[str, bytes]:
+    """The URL paths of a hub that holds `files` in `repo`: the API's listing (sizes; sha256
+    for the names in `lfs`, or as `listed_sha` says) and each file under resolve/."""
+    siblings = []
+    for name, data in files.items():
+        entry = {"rfilename": name, "size": (listed_size or {}).get(name, len(data))}
+        if name in lfs or name.endswith(".safetensors"):
+            sha = (listed_sha or {}).get(name, hashlib.sha256(data).hexdigest())
+            entry["lfs"] = {"sha256": sha, "size": len(data), "pointerSize": 134}
+        siblings.append(entry)
+    listing = {"id": repo, "gated": "manual" if gated else False, "siblings": siblings}
+    paths = {f"/api/models/{repo}/revision/{revision}?blobs=true": json.dumps(listing).encode()}
+    paths.update({f"/{repo}/resolve/{revision}/{name}": data for name, data in files.items()})
+    return paths
+
+
+SINGLE = {
+    "config.json": b'{"model_type": "qwen3"}',
+    "generation_config.json": b'{"eos_token_id": [1, 2]}',
+    "model.safetensors": PAYLOAD,
+    "tokenizer.json": b"{}" * 100,
+    "tokenizer_config.json": b'{"chat_template": "x"}',
+    "vocab.json": b"{}",
+    "merges.txt": b"#version: 0.2\n",
+    "README.md": b"# not needed",
+    "pytorch_model.bin": b"not read here",
+    "onnx/model.onnx": b"nor this",
+}
+
+
+def fetched(server) -> list[str]:
+    return [path for path, _ in server.requests if "/resolve/" in path]
+
+
+def test_download_model_fetches_the_model_files_once(serve, tmp_path, monkeypatch):
+    with serve(fake_hub("Org/Model", SINGLE)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        directory = hub.download_model("Org/Model", tmp_path / "m", progress=False)
+        wanted = ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "vocab.json", "merges.txt"]
+        assert fetched(server) == [f"/Org/Model/resolve/main/{name}" for name in wanted]
+        assert sorted(p.name for p in directory.iterdir()) == sorted(wanted)
+        assert (directory / "model.safetensors").read_bytes() == PAYLOAD
+        # A missing optional file (tokenizer.model here) is fine; nothing is fetched twice.
+        hub.download_model("Org/Model", directory, progress=False)
+        assert len(fetched(server)) == len(wanted)
+        # A file that is not the listed size (changed upstream, or damaged) is fetched again.
+        (directory / "vocab.json").write_bytes(b"{ }")
+        hub.download_model("Org/Model", directory, progress=False)
+        assert fetched(server)[len(wanted):] == ["/Org/Model/resolve/main/vocab.json"]
+        assert (directory / "vocab.json").read_bytes() == b"{}"
+
+
+def test_sharded_weights_come_with_every_shard_the_index_lists(serve, tmp_path, monkeypatch):
+    index = {"metadata": {"total_size": 20},
+             "weight_map": {"a": "model-00001-of-00002.safetensors",
+                            "b": "model-00002-of-00002.safetensors",
+                            "c": "model-00001-of-00002.safetensors"}}
+    files = {"config.json": b"{}", "model.safetensors.index.json": json.dumps(index).encode(),
+             "model-00001-of-00002.safetensors": b"1" * 10,
+             "model-00002-of-00002.safetensors": b"2" * 10,
+             "consolidated.safetensors": b"another copy of the weights, not wanted"}
+    with serve(fake_hub("Org/Big", files)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        directory = hub.download_model("Org/Big", tmp_path, progress=False)
+        assert [p.rsplit("/", 1)[1] for p in fetched(server)] == [
+            "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors"]
+    assert (directory / "model-00002-of-00002.safetensors").read_bytes() == b"2" * 10
+
+
+def test_an_index_naming_a_file_the_repository_lacks_is_an_error(serve, tmp_path, monkeypatch):
+    index = {"weight_map": {"a": "model-00001-of-00001.safetensors"}}
+    files = {"config.json": b"{}", "model.safetensors.index.json": json.dumps(index).encode()}
+    with serve(fake_hub("Org/Broken", files)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        with pytest.raises(DownloadError, match="lists model-00001-of-00001.safetensors, which "
+                                                "the repository does not have"):
+            hub.download_model("Org/Broken", tmp_path, progress=False)
+
+
+def test_weights_are_checked_against_the_listed_sha256_and_size(serve, tmp_path, monkeypatch):
+    with serve(fake_hub("Org/Model", SINGLE, listed_sha={"model.safetensors": "0" * 64})) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        with pytest.raises(DownloadError, match=f"expected {'0' * 64}"):
+            hub.download_model("Org/Model", tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "model.safetensors").exists()
+    with serve(fake_hub("Org/Model", SINGLE, listed_size={"tokenizer.json": 7})) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        with pytest.raises(DownloadError, match="got 200 bytes, but the hub lists 7"):
+            hub.download_model("Org/Model", tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "tokenizer.json").exists()
+
+
+def test_an_interrupted_download_says_what_is_missing_and_resumes(serve, tmp_path, monkeypatch):
+    directory = tmp_path / "m"
+    with serve(fake_hub("Org/Model", SINGLE)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        server.truncate_to = 3000                # every body stops after 3,000 bytes
+        with pytest.raises(DownloadError) as failure:
+            hub.download_model("Org/Model", directory, progress=False)
+        message = str(failure.value)
+        assert "3,000 of 10,240 bytes" in message and str(directory) in message
+        assert "get model.safetensors, generation_config.json, tokenizer.json" in message
+        assert "run the same command again to resume" in message
+        server.truncate_to = None
+        hub.download_model("Org/Model", directory, progress=False)
+        weights = "/Org/Model/resolve/main/model.safetensors"
+        assert (weights, "bytes=3000-") in server.requests
+    assert (directory / "model.safetensors").read_bytes() == PAYLOAD
+
+
+def test_a_gated_repository_is_explained_before_any_download(serve, tmp_path, monkeypatch):
+    with serve(fake_hub("meta-llama/Llama-3.2-1B-Instruct", SINGLE, gated=True)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        with pytest.raises(DownloadError, match="is gated.*accept its license.*put them in"):
+            hub.download_model("meta-llama/Llama-3.2-1B-Instruct", tmp_path, progress=False)
+        assert fetched(server) == []
+
+
+@pytest.mark.parametrize("files, match", [
+    ({"model.safetensors": b"x"}, "has no config.json"),
+    ({"config.json": b"{}", "pytorch_model.bin": b"x"},
+     r"neither model.safetensors nor model.safetensors.index.json \(its weights: "
+     r"pytorch_model.bin\)"),
+])
+def test_a_repository_without_what_we_load_is_refused(serve, tmp_path, monkeypatch, files, match):
+    with serve(fake_hub("Org/Odd", files)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        with pytest.raises(DownloadError, match=match):
+            hub.download_model("Org/Odd", tmp_path, progress=False)
+        assert fetched(server) == []
 
 
 def test_cli_offline_names_the_files_and_the_directory(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gpt_download, "HF_URL", closed_port_url("/{model}/{file}"))
-    (tmp_path / "config.json").write_text("{}")
-    code = gpt_download.main(["gpt2-medium", "--dir", str(tmp_path)])
+    nobody = closed_port_url("")
+    monkeypatch.setenv("HF_ENDPOINT", nobody)
+    code = hub.main(["Qwen/Qwen3-0.6B", "--dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 1
-    assert "model.safetensors, vocab.json, merges.txt" in err and str(tmp_path) in err
+    assert code == 1 and err.startswith("error: cannot list the files of Qwen/Qwen3-0.6B")
+    assert "config.json, model.safetensors (or model.safetensors.index.json" in err
+    assert "tokenizer.json" in err and "put them in " + str(tmp_path) in err
+    assert f"from {nobody}/Qwen/Qwen3-0.6B/tree/main" in err
     assert "Traceback" not in err
 
 
-def test_cli_default_directory_is_in_the_cache(tmp_path, monkeypatch, serve, capsys):
+def test_cli_default_directory_is_where_chat_looks(tmp_path, monkeypatch, serve, capsys):
     monkeypatch.setenv("DU_DATA_DIR", str(tmp_path))
-    files = {f"/gpt2-xl/{name}": b"x" for name in gpt_download.MODEL_FILES}
-    with serve(files) as server:
-        monkeypatch.setattr(gpt_download, "HF_URL", server.url("/{model}/{file}"))
-        assert gpt_download.main(["gpt2-xl"]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "models" / "gpt2-xl")
+    with serve(fake_hub("HuggingFaceTB/SmolLM2-360M-Instruct", SINGLE)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        assert hub.main(["HuggingFaceTB/SmolLM2-360M-Instruct"]) == 0
+    directory = tmp_path / "models" / "HuggingFaceTB" / "SmolLM2-360M-Instruct"
+    assert capsys.readouterr().out.strip() == str(directory)
+    assert resolve_checkpoint("HuggingFaceTB/SmolLM2-360M-Instruct") == directory
 
 
-def test_unknown_model_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="unknown model 'gpt3'"):
-        gpt_download.download_model("gpt3", tmp_path)
+def test_gpt2_short_names_still_work(tmp_path, monkeypatch, serve):
+    files = {name: name.encode() for name in ("config.json", "model.safetensors", "vocab.json",
+                                              "merges.txt")}
+    with serve(fake_hub("gpt2", files)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        directory = hub.download_model("gpt2", tmp_path / "gpt2", progress=False)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(files)
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a/b/c", "Org/", ".hidden", "a b"])
+def test_a_string_that_is_no_repository_id_is_refused(tmp_path, name, capsys):
+    with pytest.raises(ValueError, match="is not a Hugging Face repository id"):
+        hub.download_model(name, tmp_path)
+    assert hub.main([name, "--dir", str(tmp_path)]) == 1
+    assert "is not a Hugging Face repository id" in capsys.readouterr().err
