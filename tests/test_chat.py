@@ -59,8 +59,8 @@ def test_base_template_is_continuation():
 
 
 def test_unknown_template_is_a_clear_error():
-    with pytest.raises(ChatError, match="unknown chat template 'chatml'.*base, alpaca"):
-        get_template("chatml")
+    with pytest.raises(ChatError, match="unknown chat template 'vicuna'.*base, alpaca, chatml"):
+        get_template("vicuna")
 
 
 def test_checkpoint_records_its_template(tmp_path):

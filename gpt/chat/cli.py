@@ -3,16 +3,21 @@
     python chat.py                          # the newest run train.py wrote (under runs/)
     python chat.py --ckpt runs/20261125-120000
     python chat.py --ckpt gpt2              # GPT-2 downloaded with `python -m gpt.download gpt2`
+    python chat.py --ckpt Qwen/Qwen3-0.6B   # any Llama/Qwen3 model downloaded the same way
     echo "Once upon a time" | python chat.py --temperature 0 --max-new-tokens 50
     python chat.py --serve --port 8000      # the OpenAI-style API and the web page
 
-Interactive, the reply is printed token by token as it is generated. Piped, every input line
-is one message and stdout holds only the replies (one per message, each ending in a newline),
-so the chat can be scripted; messages, errors and slash-command answers go to stderr.
+Interactive, the reply is printed token by token as it is generated; a model's reasoning
+(Qwen3's <think>...</think>) is shown dimmed before the answer. Piped, every input line is one
+message and stdout holds only the answers (one per message, each ending in a newline, without
+the reasoning), so the chat can be scripted; messages, errors and slash-command answers go to
+stderr. Sampling settings not given on the command line are the checkpoint's own
+(generation_config.json), else this project's defaults.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 from contextlib import nullcontext
@@ -23,7 +28,7 @@ from typing import TextIO
 from autograd.parallel import limit_blas_threads
 from gpt.chat.engine import ChatEngine, ChatSession
 from gpt.chat.server import serve
-from gpt.chat.templates import TEMPLATES, ChatError
+from gpt.chat.templates import TEMPLATES, ChatError, TemplateOptions, split_thinking
 from gpt.core.generate import MAX_NEW_TOKENS, SamplingParams
 from gpt.io.checkpoint import CheckpointError, latest_run, resolve_checkpoint
 
@@ -36,7 +41,15 @@ HELP = """commands:
   /settings       show the sampling settings
   /help           this list
   /quit           leave (also Ctrl-D)
-Ctrl-C stops a reply early; the part already written stays in the conversation."""
+Ctrl-C stops a reply early; the part already written stays in the conversation.
+A line that starts with /think or /no_think is a message: Qwen3 reads them as "reason first"
+and "answer at once" for that turn."""
+
+# Used for a setting that neither the command line nor the checkpoint gives.
+DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 1.0}
+DEFAULT_MAX_NEW_TOKENS = 200
+THINKING_MAX_NEW_TOKENS = 2048      # a model that reasons first needs room for the answer too
+SOFT_SWITCHES = ("/think", "/no_think")     # messages, not commands (see HELP)
 
 
 def find_checkpoint(ckpt: str | None, out_dir: str | os.PathLike = "runs") -> Path:
@@ -58,20 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "API with a web page (--serve).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=None,
-                   help="checkpoint or run directory, a Hugging Face GPT-2 directory, or "
-                        "'gpt2' (downloaded); default: the newest run in --out-dir")
+                   help="checkpoint or run directory, a Hugging Face GPT-2/Llama/Qwen3 "
+                        "directory, or a name downloaded with `python -m gpt.download` "
+                        "('gpt2', 'Qwen/Qwen3-0.6B'); default: the newest run in --out-dir")
     p.add_argument("--out-dir", default="runs", help="where train.py writes its runs")
     p.add_argument("--template", choices=sorted(TEMPLATES), default=None,
                    help="chat template (default: the one the checkpoint records, else base)")
     p.add_argument("--system", default=None, help="a system message (alpaca: replaces the "
                                                   "preamble; base: text before the chat)")
-    s = p.add_argument_group("sampling")
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=50, help="0 = no limit")
-    s.add_argument("--top-p", type=float, default=1.0, help="1 = no nucleus cut")
+    p.add_argument("--no-thinking", action="store_true",
+                   help="Qwen3: answer at once, without reasoning first (its template's "
+                        "enable_thinking=False)")
+    p.add_argument("--date", type=_date, default=None,
+                   help="Llama 3: the 'Today Date' its system header states, YYYY-MM-DD "
+                        "(default: today)")
+    s = p.add_argument_group("sampling (default: the checkpoint's generation_config.json, "
+                             "else temperature 0.8, top-k 50, top-p 1)")
+    s.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=None, help="0 = no limit")
+    s.add_argument("--top-p", type=float, default=None, help="1 = no nucleus cut")
     s.add_argument("--repetition-penalty", type=float, default=1.0)
-    s.add_argument("--max-new-tokens", type=int, default=200,
-                   help="per reply (with --serve: the default max_tokens of a chat request)")
+    s.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"per reply (with --serve: the default max_tokens of a chat request); "
+                        f"default {DEFAULT_MAX_NEW_TOKENS}, {THINKING_MAX_NEW_TOKENS} for a model "
+                        f"that reasons first")
     s.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     s.add_argument("--threads", type=int, default=None,
                    help="BLAS threads per matrix product (default: NumPy's, all cores); 1 is "
@@ -96,14 +119,29 @@ def checked(params: SamplingParams) -> SamplingParams:
     return params
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
+def sampling_params(args: argparse.Namespace, defaults: dict | None = None,
+                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> SamplingParams:
+    """The command line's sampling settings; those it does not give come from `defaults`
+    (a checkpoint's), then DEFAULT_SAMPLING."""
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    value = {key: given[key] if given[key] is not None
+             else (defaults or {}).get(key, DEFAULT_SAMPLING[key]) for key in given}
     try:
-        return checked(SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k or None,
-                              top_p=None if args.top_p >= 1.0 else args.top_p,
-                              repetition_penalty=args.repetition_penalty, seed=args.seed))
+        return checked(SamplingParams(
+            max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None
+            else max_new_tokens,
+            temperature=value["temperature"], top_k=value["top_k"] or None,
+            top_p=None if value["top_p"] >= 1.0 else value["top_p"],
+            repetition_penalty=args.repetition_penalty, seed=args.seed))
     except ValueError as error:
         raise ChatError(str(error)) from None
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None,
@@ -120,13 +158,17 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None,
 def _main(argv: list[str] | None, stdin: TextIO | None, stdout: TextIO | None) -> int:
     args = build_parser().parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    params = sampling_params(args)
+    sampling_params(args)                       # bad settings fail before the model loads
     if args.serve and not 0 <= args.port <= 65535:
         raise ChatError(f"--port must be in 0..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
         raise ChatError(f"--threads must be at least 1, got {args.threads}")
+    options = TemplateOptions(enable_thinking=not args.no_thinking, date=args.date)
     engine = ChatEngine.from_checkpoint(find_checkpoint(args.ckpt, args.out_dir), args.template,
-                                        max_waiting=args.max_waiting)
+                                        max_waiting=args.max_waiting, options=options)
+    thinks = engine.template.thinking and options.enable_thinking
+    params = sampling_params(args, engine.sampling_defaults,
+                             THINKING_MAX_NEW_TOKENS if thinks else DEFAULT_MAX_NEW_TOKENS)
     # OpenBLAS's thread count is one setting for the whole process, changed here for the run.
     threads = limit_blas_threads(args.threads) if args.threads else nullcontext(True)
     with threads as limited:
@@ -134,7 +176,7 @@ def _main(argv: list[str] | None, stdin: TextIO | None, stdout: TextIO | None) -
             print(f"note: cannot tell this BLAS library how many threads to use; set "
                   f"OPENBLAS_NUM_THREADS={args.threads} instead", file=sys.stderr)
         if args.serve:
-            serve(engine, args.host, args.port, default_max_tokens=args.max_new_tokens,
+            serve(engine, args.host, args.port, default_max_tokens=params.max_new_tokens,
                   log=not args.quiet)
             return 0
         session = ChatSession(engine, params, system=args.system)
@@ -172,7 +214,7 @@ def run_terminal(session: ChatSession, stdin: TextIO, stdout: TextIO,
         text = line.rstrip("\n")
         if not text.strip():
             continue
-        if text.startswith("/"):
+        if text.startswith("/") and text.split()[0] not in SOFT_SWITCHES:
             if not _command(session, text.strip()):
                 break
             continue
@@ -182,16 +224,65 @@ def run_terminal(session: ChatSession, stdin: TextIO, stdout: TextIO,
             _note(f"error: {error}")
             failed = True
             continue
+        printer = ReplyPrinter(stdout, show_thinking=interactive,
+                               dim=interactive and stdout.isatty())
         try:
             for piece in reply:
-                stdout.write(piece)
-                stdout.flush()
+                printer.write(piece)
         except KeyboardInterrupt:
             reply.close()
+            printer.close()
             stdout.write(" [stopped]")
+        else:
+            printer.close()
         stdout.write("\n")
         stdout.flush()
     return 1 if failed and not interactive else 0
+
+
+class ReplyPrinter:
+    """Writes a reply as it streams in. A reasoning part (<think>...</think> first) is shown
+    before the answer, dimmed on a terminal, or left out (show_thinking=False); the answer is
+    written as it comes."""
+
+    DIM, PLAIN = "\x1b[2m", "\x1b[0m"
+
+    def __init__(self, stdout: TextIO, show_thinking: bool, dim: bool):
+        self.stdout = stdout
+        self.show_thinking = show_thinking
+        self.dim = dim
+        self.text = ""                        # the reply so far
+        self.shown_reasoning = 0              # characters of each part already written
+        self.shown_answer = 0
+
+    def write(self, piece: str) -> None:
+        self.text += piece
+        if "<think>".startswith(self.text.lstrip()):
+            return                             # might still become <think>: wait and see
+        reasoning, answer, thinking = split_thinking(self.text)
+        if reasoning and self.show_thinking:
+            new = reasoning[self.shown_reasoning:]
+            if new:
+                self._out(new, self.dim)
+            self.shown_reasoning = len(reasoning)
+        if thinking:
+            return
+        if reasoning and self.show_thinking and self.shown_answer == 0 and answer:
+            self._out("\n\n", False)
+        self._out(answer[self.shown_answer:], False)
+        self.shown_answer = len(answer)
+
+    def close(self) -> None:
+        """The reply is over: write what was held back in case it began a <think>."""
+        held = self.text.lstrip()
+        if held and held != "<think>" and "<think>".startswith(held):
+            self._out(self.text, False)
+
+    def _out(self, text: str, dim: bool) -> None:
+        if not text:
+            return
+        self.stdout.write(f"{self.DIM}{text}{self.PLAIN}" if dim else text)
+        self.stdout.flush()
 
 
 def _command(session: ChatSession, text: str) -> bool:

@@ -3,6 +3,13 @@
 The prompt layout comes from `gpt.chat.templates`. The `ChatEngine` owns a model, its tokenizer
 and a turn-taking lock: one generation runs at a time, so two requests never share the CPU (or
 a cache) half each.
+
+A prompt is encoded from the template's parts: each control token (``<|im_start|>``) becomes its
+id, and the text between two of them, the messages included, is encoded with special-token text
+read as plain text. The ids are then those of the model's own tokenizer on the rendered prompt
+(which also cuts the text at every special token), except that a user who types "<|im_end|>"
+gets the characters, not the token. A reply ends at any of `stop_tokens()`: <|endoftext|>, the
+checkpoint's eos_token_id (generation_config.json) and the template's end of turn.
 """
 from __future__ import annotations
 
@@ -14,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from gpt.chat.templates import ChatError, chat_template_for, check_messages, get_template
+from gpt.chat.templates import (BEGIN_OF_TEXT, ChatError, ControlToken, TemplateOptions, chat_template_for,
+                                check_messages, get_template, read_generation_config,
+                                stop_token_ids)
 from gpt.core.generate import SamplingParams, generate_tokens, stream_text
 from gpt.core.model import GPT
 from gpt.io.checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
@@ -123,13 +132,23 @@ class Generation:
 
 class ChatEngine:
     """A model ready to chat: turns text and conversations into token ids, trims history to
-    fit the context, and streams replies. `turn()` serialises generations across threads."""
+    fit the context, and streams replies. `turn()` serialises generations across threads.
+
+    options: the template's settings (Qwen3's enable_thinking, Llama 3's date) for every
+    conversation. stop_ids: token ids that end a reply besides <|endoftext|> and the template's
+    end of turn (a checkpoint's eos_token_id). sampling_defaults: the checkpoint's recommended
+    temperature / top_k / top_p (generation_config.json), for clients that set none.
+    """
 
     def __init__(self, model: GPT, tokenizer, template: str = "base", name: str = "model",
-                 max_waiting: int = 8):
+                 max_waiting: int = 8, *, options: TemplateOptions | None = None,
+                 stop_ids: Sequence[int] = (),
+                 sampling_defaults: Mapping[str, float] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.template = get_template(template)
+        self.options = options or TemplateOptions()
+        self.sampling_defaults = dict(sampling_defaults or {})
         self.name = name
         self.max_waiting = max_waiting
         self.created = int(time.time())
@@ -142,21 +161,44 @@ class ChatEngine:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the "
                                   f"model only {model.config.vocab_size}")
+        specials = tokenizer.special_tokens
+        missing = [t for t in self.template.control_tokens if t not in specials]
+        if missing:
+            raise ChatError(f"the {self.template.name!r} chat template writes "
+                            f"{', '.join(missing)}, which this tokenizer does not have as "
+                            f"special tokens; choose another template")
+        self._control_ids = {t: specials[t] for t in self.template.control_tokens}
+        self._bos_id = specials.get(str(BEGIN_OF_TEXT))
+        for i in stop_ids:
+            if not 0 <= i < tokenizer.vocab_size:
+                raise CheckpointError(f"stop token id {i} is not in this tokenizer's "
+                                      f"0..{tokenizer.vocab_size - 1}")
+        template_stops = [self._control_ids[t] for t in self.template.stop_tokens]
+        self._stop_ids = tuple(dict.fromkeys(
+            ([self.eot_id] if self.eot_id is not None else []) + list(stop_ids)
+            + template_stops))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, template: str | None = None,
                         **kwargs: Any) -> "ChatEngine":
-        """Load a checkpoint (ours, a run directory, or a Hugging Face GPT-2 directory) with
-        its tokenizer; the template is the checkpoint's own unless `template` is given."""
+        """Load a checkpoint (ours, a run directory, a Hugging Face GPT-2, Llama or Qwen3
+        directory, or an ORG/NAME downloaded with `python -m gpt.download`) with its
+        tokenizer. The template is the checkpoint's own unless `template` is given; replies
+        also stop at its eos_token_id, and its generation_config.json gives the sampling
+        defaults."""
         directory = resolve_checkpoint(path)
         tokenizer = load_tokenizer_from(directory)
         if tokenizer is None:
-            raise CheckpointError(f"{directory} holds no tokenizer (tokenizer.du.json, or "
-                                  f"GPT-2's vocab.json + merges.txt)")
+            raise CheckpointError(f"{directory} holds no tokenizer (tokenizer.du.json, GPT-2's "
+                                  f"vocab.json + merges.txt, or a Hugging Face tokenizer.json "
+                                  f"or tokenizer.model)")
+        template = template or chat_template_for(directory)
+        get_template(template)                 # an unknown name fails before the model loads
         model = load_pretrained(directory)
         name = kwargs.pop("name", None) or _model_name(Path(path), directory)
-        return cls(model, tokenizer, template or chat_template_for(directory), name=name,
-                   **kwargs)
+        kwargs.setdefault("stop_ids", stop_token_ids(directory))
+        kwargs.setdefault("sampling_defaults", sampling_defaults(directory))
+        return cls(model, tokenizer, template, name=name, **kwargs)
 
     # -- turns ---------------------------------------------------------------------------------
 
@@ -192,6 +234,12 @@ class ChatEngine:
     def eot_id(self) -> int | None:
         return getattr(self.tokenizer, "eot_id", None)
 
+    @property
+    def bos_id(self) -> int | None:
+        """Llama 3's <|begin_of_text|>: its tokenizer puts it before every text the model
+        reads, so a plain prompt gets it too (other tokenizers add nothing)."""
+        return self._bos_id
+
     def encode(self, text: str) -> list[int]:
         """User text to ids. Special-token text such as "<|endoftext|>" stays plain text: a
         user cannot end the document or forge a turn by typing it."""
@@ -201,8 +249,29 @@ class ChatEngine:
         except ValueError as error:           # e.g. a character a char tokenizer never saw
             raise ChatError(f"cannot encode the prompt: {error}") from None
 
+    def encode_parts(self, parts: Sequence[str]) -> list[int]:
+        """A template's parts to ids: control tokens as their ids, the text between them (the
+        template's and the messages' together, as one text) through `encode`."""
+        ids: list[int] = []
+        text: list[str] = []
+        for part in parts:
+            if isinstance(part, ControlToken):
+                if text:
+                    ids += self.encode("".join(text))
+                    text = []
+                ids.append(self._control_ids[part])
+            else:
+                text.append(part)
+        if text:
+            ids += self.encode("".join(text))
+        return ids
+
     def prompt_ids(self, text: str, start_with_eot: bool = False) -> list[int]:
+        """A plain prompt's ids, after <|begin_of_text|> (Llama 3), or after <|endoftext|>
+        when `start_with_eot` or the text is empty."""
         ids = self.encode(text)
+        if self.bos_id is not None:
+            return [self.bos_id] + ids
         if (start_with_eot or not ids) and self.eot_id is not None:
             ids = [self.eot_id] + ids
         if not ids:
@@ -210,16 +279,27 @@ class ChatEngine:
                             "token to start from)")
         return ids
 
+    def template_ids(self, messages: Sequence[Mapping[str, str]],
+                     options: TemplateOptions | None = None) -> list[int]:
+        """The ids of `messages` in this engine's template, ready for the reply."""
+        template = self.template
+        parts = template.parts(messages, options or self.options)
+        if not template.control_tokens:        # our own templates: one text
+            return self.prompt_ids("".join(parts), template.start_with_eot)
+        return self.encode_parts(parts)
+
     def stop_tokens(self) -> tuple[int, ...]:
-        return (self.eot_id,) if self.eot_id is not None else ()
+        """The ids that end a reply: <|endoftext|>, the checkpoint's eos_token_id, and the
+        template's end of turn (<|im_end|>, <|eot_id|>)."""
+        return self._stop_ids
 
     def check_prompt_length(self, ids: Sequence[int]) -> None:
         if len(ids) > self.context_length:
             raise PromptTooLong(f"the prompt is {len(ids)} tokens, longer than this model's "
                                 f"context of {self.context_length} tokens")
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int
-                    ) -> tuple[list[int], int]:
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int,
+                    options: TemplateOptions | None = None) -> tuple[list[int], int]:
         """Token ids of the conversation in this engine's template, and how many messages were
         dropped to fit.
 
@@ -234,7 +314,7 @@ class ChatEngine:
         budget = self.context_length - reserve
         dropped = 0
         while True:
-            ids = self.prompt_ids(template.render(messages), template.start_with_eot)
+            ids = self.template_ids(messages, options)
             if len(ids) <= budget:
                 return ids, dropped
             first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
@@ -266,13 +346,25 @@ class ChatEngine:
 
     def chat(self, messages: Sequence[Mapping[str, str]], params: SamplingParams,
              stop_strings: Sequence[str] = (),
-             should_stop: Callable[[], bool] | None = None) -> Generation:
+             should_stop: Callable[[], bool] | None = None,
+             options: TemplateOptions | None = None) -> Generation:
         """The assistant's reply to a conversation (see `chat_prompt` for the trimming)."""
-        ids, dropped = self.chat_prompt(check_messages(list(messages)), params.max_new_tokens)
+        ids, dropped = self.chat_prompt(check_messages(list(messages)), params.max_new_tokens,
+                                        options)
         generation = self.generate(ids, params,
                                    tuple(stop_strings) + self.template.stop_strings, should_stop)
         generation.dropped_messages = dropped
         return generation
+
+
+def sampling_defaults(checkpoint: str | os.PathLike) -> dict[str, float]:
+    """The sampling a checkpoint's authors recommend, from its generation_config.json:
+    temperature, top_k, top_p where given; temperature 0 (greedy) if do_sample is false."""
+    values = read_generation_config(checkpoint)
+    if values.get("do_sample") is False:
+        return {"temperature": 0.0}
+    return {key: values[key] for key in ("temperature", "top_k", "top_p")
+            if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool)}
 
 
 def _model_name(given: Path, directory: Path) -> str:

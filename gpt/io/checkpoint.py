@@ -32,6 +32,7 @@ from autograd.nn import skip_init
 from autograd.optim import join_arrays, split_arrays
 from bpe import Tokenizer, load_tokenizer
 from bpe.gpt2 import find_gpt2_files, gpt2_files_problem, save_gpt2_files
+from bpe.huggingface import load_hf_tokenizer
 from gpt.core.config import GPTConfig
 from gpt.core.llama import Llama, LlamaConfig
 from gpt.core.model import GPT
@@ -256,19 +257,39 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
 
 
 def load_tokenizer_from(directory: str | os.PathLike):
-    """The tokenizer stored in a checkpoint directory (ours, or GPT-2's files), or None."""
+    """The tokenizer stored in a checkpoint directory, or None: ours (tokenizer.du.json);
+    for a Llama/Qwen3 directory, or one without GPT-2's files, the Hugging Face tokenizer
+    (tokenizer.json, vocab.json + merges.txt with tokenizer_config.json, Llama 3's
+    tokenizer.model: `bpe.huggingface.load_hf_tokenizer`); else GPT-2's vocab.json + merges.txt.
+    """
     directory = Path(directory)
     if (directory / TOKENIZER_FILE).is_file():
         return load_tokenizer(directory / TOKENIZER_FILE)
     try:
         vocab, merges = find_gpt2_files(directory)
     except FileNotFoundError:
-        return None
+        vocab = merges = None
+    if vocab is None or _is_llama_directory(directory):
+        try:
+            return load_hf_tokenizer(directory)
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as error:   # TokenizerFileError is a ValueError
+            raise CheckpointError(f"{directory}: {error}") from None
     try:
         return Tokenizer.from_gpt2(vocab, merges)
     except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{directory}: the GPT-2 tokenizer files {vocab.name} and "
                               f"{merges.name} are damaged: {error}") from None
+
+
+def _is_llama_directory(directory: Path) -> bool:
+    """Whether config.json names a Llama-family model (a damaged one is read elsewhere)."""
+    try:
+        values = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(values, dict) and is_llama_config(values)
 
 
 def resolve_checkpoint(path: str | os.PathLike,
