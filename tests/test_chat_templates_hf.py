@@ -474,6 +474,7 @@ def test_the_web_page_folds_the_reasoning_away(qwen3):
                   if e.get("method") == "Network.requestWillBeSent"
                   and e["params"]["request"]["url"].endswith("/v1/chat/completions")]
         assert bodies[-1]["messages"][1] == assistant("<think>Hmm</think>Paris")
+        assert "max_tokens" not in bodies[-1]          # an empty field: the server's default
     finally:
         browser.close()
         server.shutdown()

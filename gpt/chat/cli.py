@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", choices=sorted(TEMPLATES), default=None,
                    help="chat template (default: the one the checkpoint records, else base)")
     p.add_argument("--system", default=None, help="a system message (alpaca: replaces the "
-                                                  "preamble; base: text before the chat)")
+                                                  "preamble; base: text before the chat; "
+                                                  "SmolLM2: replaces its own)")
     p.add_argument("--no-thinking", action="store_true",
                    help="Qwen3: answer at once, without reasoning first (its template's "
                         "enable_thinking=False)")

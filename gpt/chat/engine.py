@@ -137,7 +137,8 @@ class ChatEngine:
     options: the template's settings (Qwen3's enable_thinking, Llama 3's date) for every
     conversation. stop_ids: token ids that end a reply besides <|endoftext|> and the template's
     end of turn (a checkpoint's eos_token_id). sampling_defaults: the checkpoint's recommended
-    temperature / top_k / top_p (generation_config.json), for clients that set none.
+    temperature / top_k / top_p (generation_config.json); chat.py samples with them where its
+    command line says nothing.
     """
 
     def __init__(self, model: GPT, tokenizer, template: str = "base", name: str = "model",
