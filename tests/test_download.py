@@ -268,6 +268,21 @@ def test_cli_offline_names_the_files_and_the_directory(tmp_path, monkeypatch, ca
     assert "Traceback" not in err
 
 
+def test_offline_a_directory_that_holds_a_model_is_used_as_it_is(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url(""))
+    (tmp_path / "config.json").write_text("{}")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                            "b": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"1")
+    with pytest.raises(DownloadError, match="cannot list the files"):     # a shard is missing
+        hub.download_model("Org/Model", tmp_path, progress=False)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"2")
+    assert hub.download_model("Org/Model", tmp_path, progress=False) == tmp_path
+    assert "using the files already in" in capsys.readouterr().err
+
+
 def test_cli_default_directory_is_where_chat_looks(tmp_path, monkeypatch, serve, capsys):
     monkeypatch.setenv("DU_DATA_DIR", str(tmp_path))
     with serve(fake_hub("HuggingFaceTB/SmolLM2-360M-Instruct", SINGLE)) as server:

@@ -19,7 +19,8 @@ when the listing gives one. A file already in the directory with the listed size
 
 Gated repositories (Meta's Llama) need an access token, which this downloader does not send;
 it says so, and which files to get and where to put them. So does any other failure, such as
-a machine without network. The environment variable HF_ENDPOINT points it at a mirror.
+a machine without network; but a directory that already holds a whole model is used as it is
+when the hub cannot be reached. The environment variable HF_ENDPOINT points it at a mirror.
 """
 
 from __future__ import annotations
@@ -147,6 +148,11 @@ def download_model(
     try:
         files, gated = list_files(repo, revision, timeout=timeout)
     except DownloadError as error:
+        if _has_a_model(directory):
+            # Everything a model needs is here (files appear only once complete): use it.
+            print(f"note: could not ask the hub about {repo} ({error}); using the files "
+                  f"already in {directory}", file=sys.stderr)
+            return directory
         raise DownloadError(f"cannot list the files of {repo}: {error}\n"
                             f"{_by_hand(repo, revision, directory)}") from None
     wanted = model_files(files, repo)
@@ -192,6 +198,19 @@ def _fetch(repo: str, revision: str, file: HubFile, directory: Path, progress: b
             f"{error}\nTo use {repo} without this download, get {', '.join(missing)} from "
             f"{_page(repo)}/tree/{revision} on another machine and put them in {directory} "
             f"(run the same command again to resume)") from None
+
+
+def _has_a_model(directory: Path) -> bool:
+    """Whether `directory` holds config.json and whole weights (one file, or an index and
+    every shard it lists). The downloader renames a file into place only when it is complete."""
+    if not (directory / CONFIG).is_file():
+        return False
+    if (directory / WEIGHTS).is_file():
+        return True
+    try:
+        return all((directory / name).is_file() for name in shard_names(directory / INDEX))
+    except (DownloadError, OSError):
+        return False
 
 
 def _complete(directory: Path, file: HubFile) -> bool:
