@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,15 @@ def write_tokenizer_file(path: str | os.PathLike, fields: dict[str, Any], long_k
             lines.append(f"  {_dumps(key)}: {_dumps(value)}")
     text = "{\n" + ",\n".join(lines) + "\n}\n"
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=path.name, suffix=".tmp")
+    # A random name beside the file, opened with "x": the usual permissions (the umask's), not
+    # tempfile.mkstemp's private 0600.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
+import os
 
 import numpy as np
 import pytest
 from _paths import data_file, reference_file
 
-from gpt.data.tokens import (TokenData, encode_in_chunks, load_token_data, token_dtype,
-                             tokenize_cached)
+from gpt.data.tokens import (TokenData, encode_in_chunks, load_token_data, token_cache_path,
+                             token_dtype, tokenize_cached)
 
 
 class ByteTokenizer:
@@ -95,6 +98,50 @@ def test_cache_is_keyed_by_text_tokenizer_and_specials(tmp_path):
     tokenize_cached(text, ByteTokenizer(salt="retrained"), progress=False)
     assert len(list((tmp_path / "cache" / "tokens").glob("*.npy"))) == 4
     assert not list((tmp_path / "cache" / "tokens").glob("*.tmp"))
+
+
+DAMAGED_CACHES = {
+    "truncated": lambda good: good[: len(good) - 7],       # "mmap length is greater than file size"
+    "empty": lambda good: b"",
+    "not a .npy file": lambda good: b"garbage" * 20,
+    "another dtype": lambda good: _npy_bytes(np.zeros(5, dtype=np.float64)),
+    "two dimensions": lambda good: _npy_bytes(np.zeros((2, 3), dtype=np.uint16)),
+}
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_CACHES))
+def test_a_damaged_token_cache_is_rebuilt(damage):
+    tokenizer = ByteTokenizer()
+    text = "a cache file that a crash or a full disk damaged\n" * 50
+    ids = np.array(tokenize_cached(text, tokenizer, progress=False))
+    path = token_cache_path(text, tokenizer)
+    good = path.read_bytes()
+    path.write_bytes(DAMAGED_CACHES[damage](good))
+    calls = tokenizer.calls
+    again = tokenize_cached(text, tokenizer, progress=False)
+    assert tokenizer.calls > calls                                  # encoded again
+    np.testing.assert_array_equal(again, ids)
+    assert path.read_bytes() == good
+
+
+def test_a_token_cache_that_cannot_be_written_is_not_fatal(monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    tokenizer = ByteTokenizer()
+    text = "no room for the cache\n"
+    ids = tokenize_cached(text, tokenizer, progress=False)
+    assert ids.tolist() == tokenizer.encode(text, allowed_special="all")
+    assert not token_cache_path(text, tokenizer).exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not cache" in err and "No space left" in err
 
 
 def test_token_dtype_follows_the_vocabulary_size():

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -136,11 +137,36 @@ def tokenize_cached(
     plain text.
     """
     path = token_cache_path(text, tokenizer, allowed_special=allowed_special, data_dir=data_dir)
-    if not path.is_file():
-        ids = encode_in_chunks(text, tokenizer, allowed_special=allowed_special, progress=progress, desc=desc)
+    cached = _load_cached_ids(path, token_dtype(tokenizer.vocab_size))
+    if cached is not None:
+        return cached
+    ids = encode_in_chunks(text, tokenizer, allowed_special=allowed_special, progress=progress, desc=desc)
+    try:
         with atomic_write(path) as f:
             np.save(f, ids)
+    except OSError as error:
+        # The cache only saves time: a full disk or a read-only cache costs the next run a
+        # tokenization, not this run its data.
+        print(f"note: could not cache the token ids in {path} ({error.strerror or error}); "
+              f"using them from memory", file=sys.stderr)
+        return ids
     return np.load(path, mmap_mode="r")
+
+
+def _load_cached_ids(path: Path, dtype: np.dtype) -> np.ndarray | None:
+    """The ids cached at `path`, memory-mapped; None when there are none or the file is damaged.
+
+    The cache is written atomically, but a file can still be cut short (copied while written,
+    a full disk on a file system that reports it late, a crash of another program): a file
+    that does not load, or holds anything but one row of `dtype` ids, is rebuilt, not fatal.
+    """
+    if not path.is_file():
+        return None
+    try:
+        ids = np.load(path, mmap_mode="r")     # a short file: "mmap length is greater than ..."
+    except (ValueError, OSError, EOFError):
+        return None
+    return ids if ids.ndim == 1 and ids.dtype == dtype else None
 
 
 @dataclass

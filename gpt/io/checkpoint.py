@@ -13,18 +13,27 @@ directory written by `save_pretrained` opens there, and a Hugging Face GPT-2 dir
 The Llama family (gpt.core.llama: Llama 3, SmolLM2, Qwen3) uses the same files in Hugging Face's
 Llama/Qwen3 layout; config.json's model_type says which family, and gpt.io.hf_llama maps it.
 
-A training run directory holds two checkpoints, `latest/` and `best/` (lowest validation loss).
-Each is written to a temporary directory first and swapped into place with renames, so a run
-killed at any moment leaves the previous checkpoint whole.
+A training run directory holds settings.json and two checkpoints, `latest/` and `best/` (lowest
+validation loss). Each checkpoint is written to a staging directory, marked complete last
+(complete.json), and swapped into place with renames: a run killed at any moment leaves the
+previous checkpoint or the new one whole, and `recover_run` puts the run in order on resume.
+A damaged file is a CheckpointError that names the file and what is wrong with it.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import math
 import os
 import re
 import shutil
+import signal
+import types
+import typing
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,6 +58,8 @@ INDEX_FILE = "model.safetensors.index.json"     # the shards of a large checkpoi
 TOKENIZER_FILE = "tokenizer.du.json"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "train_state.json"
+COMPLETE_FILE = "complete.json"     # written last: every file of the checkpoint and its size
+FAULT_ENV = "DU_FAULT_KILL_AT"       # fault tests only: see _fault_point
 HF_PREFIX = "transformer."
 # Buffers (the causal mask) that some GPT-2 checkpoints store: not parameters, skipped.
 _HF_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
@@ -299,10 +310,13 @@ def resolve_checkpoint(path: str | os.PathLike,
     A model name that is not a path here ("gpt2", "gpt2-medium", or a Hugging Face id such as
     "ORG/NAME") means the directory `python -m gpt.download NAME` fills (under `data_dir`,
     default the usual cache: `gpt.io.files.default_model_dir`).
-    A run killed in the middle of swapping a checkpoint into place may have left only the
-    previous one, renamed `*.old`: it is used then.
+    A checkpoint X that a run was killed in the middle of saving is found by its name: of what
+    the crash left (`.X.tmp`, `X`, `X.old`), the newest complete version (see
+    `newest_complete_checkpoint`), which is also what the run resumes from.
     """
     name, path = str(path), Path(path).expanduser()
+    if (found := newest_complete_checkpoint(path)) is not None:
+        return found
     if not path.exists() and _MODEL_NAME.fullmatch(name):
         downloaded = default_model_dir(name, data_dir)
         if downloaded.exists():
@@ -318,8 +332,10 @@ def resolve_checkpoint(path: str | os.PathLike,
                               f"holding {CONFIG_FILE} and {WEIGHTS_FILE}, or a run directory)")
     if (path / WEIGHTS_FILE).is_file() or (path / INDEX_FILE).is_file():
         return path
-    for name in ("best", "latest", "best.old", "latest.old"):
-        if (path / name / WEIGHTS_FILE).is_file():
+    for name in ("best", "latest"):
+        if (found := newest_complete_checkpoint(path / name)) is not None:
+            return found
+        if _has_weights(path / name):          # damaged: loading it says how
             return path / name
     if (path / "pytorch_model.bin").is_file():
         raise CheckpointError(f"{path} holds only pytorch_model.bin, a PyTorch pickle, which is "
@@ -387,49 +403,364 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32,
 
 # ----------------------------------------------------------------------------------------------
 # Training checkpoints: model + tokenizer + optimizer + run state, swapped in atomically
+#
+# A checkpoint X is written into the staging directory .X.tmp, which is complete once its last
+# file, complete.json (every file's name and size), is written. Then X is renamed X.old, .X.tmp
+# renamed X, and X.old deleted. A crash can leave any of the three; newest first: a complete
+# .X.tmp, X, X.old. No version is deleted unless it is incomplete or a newer complete one is in
+# place, so a run killed at any moment keeps its newest complete checkpoint, and the next save
+# (or `recover_run`) first finishes what the crash interrupted.
 
 
 def save_checkpoint(directory: str | os.PathLike, model: GPT, tokenizer=None,
                     optimizer_state: dict | None = None, train_state: dict | None = None) -> Path:
-    """Write a full checkpoint into `directory`, atomically replacing any previous one."""
+    """Write a full checkpoint into `directory`, atomically replacing any previous one.
+
+    A write that fails (a full disk, a read-only directory) is a CheckpointError that says
+    whether the previous checkpoint is intact, and leaves no staging directory behind.
+    """
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    old = directory.with_name(f"{directory.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_pretrained(model, tmp, tokenizer)
-    if optimizer_state is not None:
-        structure, arrays = split_arrays(optimizer_state)
-        with atomic_write(tmp / OPTIMIZER_FILE) as f:
-            np.savez(f, __structure__=np.array(json.dumps(structure)), **arrays)
-    if train_state is not None:
-        _write_json(tmp / STATE_FILE, train_state)
-    # Swap: the old checkpoint stays whole (as *.old) until the new one is in place.
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+
+    def write(staging: Path) -> None:
+        save_pretrained(model, staging, tokenizer)
+        _fault_point(directory, "writing")
+        if optimizer_state is not None:
+            structure, arrays = split_arrays(optimizer_state)
+            with atomic_write(staging / OPTIMIZER_FILE) as f:
+                np.savez(f, __structure__=np.array(json.dumps(structure)), **arrays)
+        if train_state is not None:
+            _write_json(staging / STATE_FILE, train_state)
+
+    return _write_checkpoint(directory, write)
+
+
+def newest_complete_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest complete version of checkpoint `directory` that a crash may have left:
+    `.X.tmp` (a save that had written everything), `X`, or `X.old`; None if there is none."""
+    directory = Path(directory)
+    for version in (_staging(directory), directory, _previous(directory)):
+        if version.is_dir() and _is_complete(version):
+            return version
+    return None
+
+
+def recover_run(run_directory: str | os.PathLike) -> Path | None:
+    """Put a run directory's checkpoints in order after a crash; the checkpoint to resume from.
+
+    For latest/ and best/, the save a crash interrupted is finished: the newest complete
+    version becomes the checkpoint, and what is incomplete or older is deleted. Then best/ is
+    checked against latest/: a run saves latest/ and then, at a new best step, best/. Killed
+    between the two, latest/'s train_state knows a lower validation loss than best/ holds, and
+    latest/ is that best (a resume repairs at once, so no other step can be missing): it is
+    copied to best/.
+
+    Returns `run_directory/latest`, which may be damaged (loading it says how), or None when
+    the run has no latest checkpoint.
+    """
+    run = Path(run_directory)
+    latest, best = run / "latest", run / "best"
+    try:
+        for directory in (latest, best):
+            _finish_interrupted_save(directory)
+    except OSError as error:
+        raise CheckpointError(f"cannot put the checkpoints of {run} in order: {error}") from None
+    if not latest.is_dir():
+        return None
+    if _best_is_behind(latest, best):
+        _write_checkpoint(best, lambda staging: _copy_files(latest, staging))
+    return latest
+
+
+def _staging(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}.tmp")
+
+
+def _previous(directory: Path) -> Path:
+    return directory.with_name(f"{directory.name}.old")
+
+
+def _has_weights(directory: Path) -> bool:
+    return (directory / WEIGHTS_FILE).is_file() or (directory / INDEX_FILE).is_file()
+
+
+def _is_complete(directory: Path) -> bool:
+    """Whether `directory` holds every file its complete.json lists, each at its size.
+
+    A checkpoint without complete.json (written by `save_pretrained`, or before complete.json
+    existed) counts when it has config.json and weights; a staging directory never does.
+    """
+    marker = directory / COMPLETE_FILE
+    if not marker.is_file():
+        return not directory.name.endswith(".tmp") and (directory / CONFIG_FILE).is_file() \
+            and _has_weights(directory)
+    try:
+        sizes = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        return all((directory / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_checkpoint(directory: Path, write: Callable[[Path], None]) -> Path:
+    """Write a checkpoint with `write(staging)`, mark it complete and swap it in as `directory`."""
+    staging = _staging(directory)
+    _fault_point(directory, "start")
+    try:
+        _finish_interrupted_save(directory)
+        staging.mkdir(parents=True)
+        write(staging)
+        sizes = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
+        _write_json(staging / COMPLETE_FILE, {"files": sizes})
+        _fault_point(directory, "complete")
+        _swap_in(directory)
+    except Exception as error:
+        if newest_complete_checkpoint(directory) != staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _save_error(directory, error) from None
+        raise
     return directory
 
 
+def _swap_in(directory: Path) -> None:
+    """Make the complete staging directory `directory`; the one it replaces is kept as X.old
+    until then."""
+    staging, previous = _staging(directory), _previous(directory)
+    if directory.is_dir() and _is_complete(directory):
+        shutil.rmtree(previous, ignore_errors=True)         # older than `directory`
+        os.replace(directory, previous)
+        _fault_point(directory, "moved_old")
+    elif directory.exists():
+        shutil.rmtree(directory)      # damaged; the last complete one, if any, is X.old: kept
+    os.replace(staging, directory)
+    _fsync_directory(directory.parent)
+    _fault_point(directory, "swapped")
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _finish_interrupted_save(directory: Path) -> None:
+    """Leave only the newest complete version of `directory` (see the comment above)."""
+    staging, previous = _staging(directory), _previous(directory)
+    newest = newest_complete_checkpoint(directory)
+    if newest == staging:
+        _swap_in(directory)
+        return
+    shutil.rmtree(staging, ignore_errors=True)              # incomplete
+    if newest == directory:
+        shutil.rmtree(previous, ignore_errors=True)
+    elif newest == previous and not directory.exists():
+        os.replace(previous, directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Renames are in the directory's own data: without this, a power cut (not a kill) could
+    # forget them. Windows cannot open a directory, and does not need it.
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_error(directory: Path, error: OSError) -> CheckpointError:
+    previous = newest_complete_checkpoint(directory)
+    kept = (f"the previous checkpoint in {previous} is intact" if previous is not None
+            else "there is no earlier checkpoint")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(f"disk full while saving {directory} ({error.strerror}); {kept}; "
+                               f"free some space and run again")
+    return CheckpointError(f"cannot save {directory}: {error}; {kept}")
+
+
+def _copy_files(source: Path, staging: Path) -> None:
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name != COMPLETE_FILE:
+            with open(path, "rb") as f, atomic_write(staging / path.name) as copy:
+                shutil.copyfileobj(f, copy)
+
+
+def _best_is_behind(latest: Path, best: Path) -> bool:
+    """Whether best/ lacks the best model, which latest/ then is (see `recover_run`)."""
+    latest_best = _saved_best_val(latest)
+    if latest_best is None or not math.isfinite(latest_best) or not _is_complete(latest):
+        return False
+    if not best.exists():
+        return True
+    best_best = _saved_best_val(best)
+    return best_best is not None and latest_best < best_best
+
+
+def _saved_best_val(directory: Path) -> float | None:
+    try:
+        value = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))["best_val_loss"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if _is_number(value) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault injection, for the tests that kill a training run inside a save (tests/test_faults.py)
+
+FAULT_POINTS = ("start", "writing", "complete", "moved_old", "swapped")
+_faults_seen: dict[str, int] = {}
+
+
+def _fault_point(directory: Path, point: str) -> None:
+    """SIGKILL this process at the point of a save that $DU_FAULT_KILL_AT names; else nothing.
+
+    DU_FAULT_KILL_AT="save:latest:complete" kills the process the first time a save of a
+    checkpoint named latest reaches `complete`; "save:best:start:2" the second time a save of
+    best/ starts. The points of a save of X, in order: start; writing (the weights are written,
+    the rest not); complete (.X.tmp is complete, X untouched); moved_old (X is renamed X.old,
+    the new one not yet X); swapped (the new one is X, X.old not yet deleted).
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    fields = spec.split(":")
+    if not (len(fields) in (3, 4) and fields[0] == "save" and fields[2] in FAULT_POINTS
+            and (len(fields) == 3 or fields[3].isdigit())):
+        raise CheckpointError(f"{FAULT_ENV}={spec!r}: expected save:CHECKPOINT:POINT[:N], POINT "
+                              f"one of {', '.join(FAULT_POINTS)}")
+    if fields[1:3] != [directory.name, point]:
+        return
+    key = f"{directory.name}:{point}"
+    _faults_seen[key] = _faults_seen.get(key, 0) + 1
+    if _faults_seen[key] == int(fields[3] if len(fields) == 4 else 1):
+        _kill_this_process()
+
+
+def _kill_this_process() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a run back: train_state.json, optimizer.npz, settings.json, each checked
+
+# What each key of train_state.json holds. Pretraining writes step, best_val_loss and settings;
+# fine-tuning writes task and step, and may add results and chat_template.
+_STATE_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "step": ("a whole number >= 0", lambda v: _is_whole(v) and v >= 0),
+    "best_val_loss": ("a number", lambda v: _is_number(v)),
+    "settings": ("a JSON object", lambda v: isinstance(v, dict)),
+    "task": ("a string", lambda v: isinstance(v, str)),
+    "results": ("a JSON object", lambda v: isinstance(v, dict)),
+    "chat_template": ("a string", lambda v: isinstance(v, str)),
+}
+_PRETRAINING_KEYS = ("step", "best_val_loss", "settings")
+_FINETUNING_KEYS = ("task", "step")
+
+
 def load_training_state(directory: str | os.PathLike) -> tuple[dict | None, dict | None]:
-    """(optimizer state, train state) of a training checkpoint; None for what is absent."""
+    """(optimizer state, train state) of a training checkpoint; None for what is absent.
+
+    Both files are checked: a damaged optimizer.npz, or a train_state.json that is not UTF-8
+    JSON, lacks a key, has an unknown one or a value of the wrong type, is a CheckpointError
+    that names the file and the problem.
+    """
     directory = resolve_checkpoint(directory)
     optimizer_state = train_state = None
-    if (directory / OPTIMIZER_FILE).is_file():
+    path = directory / OPTIMIZER_FILE
+    if path.is_file():
         try:
-            with np.load(directory / OPTIMIZER_FILE, allow_pickle=False) as data:
+            with np.load(path, allow_pickle=False) as data:
                 structure = json.loads(str(data["__structure__"]))
                 optimizer_state = join_arrays(structure, data)
-        except (OSError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{directory / OPTIMIZER_FILE} is corrupt: {error}") from None
-    if (directory / STATE_FILE).is_file():
-        try:
-            train_state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{directory / STATE_FILE} is corrupt: {error}") from None
+        except KeyError:
+            raise CheckpointError(f"{path} is damaged: it has no __structure__ entry") from None
+        except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:
+            raise CheckpointError(f"{path} is damaged: {error or type(error).__name__}") from None
+    path = directory / STATE_FILE
+    if path.is_file():
+        train_state = _read_json_object(path)
+        required = _FINETUNING_KEYS if "task" in train_state else _PRETRAINING_KEYS
+        problems = _key_problems(train_state, required, _STATE_KEYS)
+        problems += [f"{name!r} must be {what}, got {json.dumps(train_state[name])}"
+                     for name, (what, fits) in _STATE_KEYS.items()
+                     if name in train_state and not fits(train_state[name])]
+        if problems:
+            raise CheckpointError(f"{path} is damaged: {'; '.join(problems)}")
     return optimizer_state, train_state
+
+
+def read_settings_file(path: str | os.PathLike, settings_class: type) -> dict[str, Any]:
+    """The values of a run's settings.json, checked against the dataclass `settings_class`.
+
+    Every field must be there, no other key, and each value of its field's type (an int
+    passes for a float); anything else is a CheckpointError naming the file and the problem.
+    """
+    path = Path(path)
+    values = _read_json_object(path)
+    types = typing.get_type_hints(settings_class)
+    names = [field.name for field in dataclasses.fields(settings_class)]
+    problems = _key_problems(values, names, names)
+    for name in names:
+        if name in values and (what := _type_problem(types[name], values[name])) is not None:
+            problems.append(f"{name!r} must be {what}, got {json.dumps(values[name])}")
+    if problems:
+        raise CheckpointError(f"{path} is damaged: {'; '.join(problems)}")
+    return values
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found (is {path.parent} a run directory written "
+                              f"by train.py?)") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        values = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path} is damaged: not UTF-8 text ({error.reason} at byte "
+                              f"{error.start})") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is damaged: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} is damaged: it does not hold a JSON object")
+    return values
+
+
+def _key_problems(values: dict, required, known) -> list[str]:
+    missing = [name for name in required if name not in values]
+    unknown = [name for name in values if name not in known]
+    return [f"{what} key{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}"
+            for what, names in (("missing", missing), ("unknown", unknown)) if names]
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The JSON values a settings field of each type may hold, and how to say so.
+_JSON_TYPES: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("a whole number", _is_whole),
+    float: ("a number", _is_number),
+    str: ("a string", lambda v: isinstance(v, str)),
+    list: ("a JSON array", lambda v: isinstance(v, list)),
+    dict: ("a JSON object", lambda v: isinstance(v, dict)),
+}
+
+
+def _type_problem(annotation: Any, value: Any) -> str | None:
+    """What `value` must be to fit `annotation` (e.g. `int | None`), or None if it fits."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    nullable = type(None) in options
+    kinds = [typing.get_origin(t) or t for t in options if t is not type(None)]
+    if value is None and nullable:
+        return None
+    checks = [_JSON_TYPES[kind] for kind in kinds if kind in _JSON_TYPES]
+    if len(checks) < len(kinds) or any(fits(value) for _, fits in checks):
+        return None                               # a type this check does not know: not judged
+    return " or ".join([what for what, _ in checks] + (["null"] if nullable else []))
 
 
 def latest_run(out_dir: str | os.PathLike = "runs") -> Path | None:
