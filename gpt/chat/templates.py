@@ -5,7 +5,18 @@ down as text in the layout the model was trained on, and letting it continue fro
 where the assistant's reply should begin. All of that formatting lives here, in one place, so
 the terminal chat, the HTTP server and the fine-tuning code agree on it.
 
-Two templates for the models trained here:
+Three templates for the models trained here:
+
+- ``"chat"``, for the storyteller that ``python train.py`` makes (`gpt.finetune.stories`): each
+  turn between its role's token and ``<|end|>``, after the ``<|endoftext|>`` that every document
+  in pretraining followed::
+
+      <|endoftext|><|user|>Tell me a story about a cat.<|end|><|assistant|>{the model writes here}
+
+  The reply ends with ``<|end|>``. The three turn tokens are special tokens of the tokenizer
+  pretraining trains (`CHAT_TOKENS`), written as their ids, so no text can forge them. An empty
+  last message is an error (there is nothing to answer); a system message, which the
+  storyteller was never trained with, is plain text before the first turn.
 
 - ``"alpaca"``, for instruction-tuned checkpoints (the layout of chapter 7 of *Build a Large
   Language Model (From Scratch)*)::
@@ -99,6 +110,11 @@ IM_START, IM_END = ControlToken("<|im_start|>"), ControlToken("<|im_end|>")
 BEGIN_OF_TEXT = ControlToken("<|begin_of_text|>")
 START_HEADER, END_HEADER = ControlToken("<|start_header_id|>"), ControlToken("<|end_header_id|>")
 EOT_ID = ControlToken("<|eot_id|>")
+ENDOFTEXT = ControlToken("<|endoftext|>")
+USER, ASSISTANT = ControlToken("<|user|>"), ControlToken("<|assistant|>")
+END = ControlToken("<|end|>")
+# The turn tokens of the "chat" template, which the pretraining tokenizer has as special tokens.
+CHAT_TOKENS = (str(USER), str(ASSISTANT), str(END))
 
 
 @dataclass(frozen=True)
@@ -167,6 +183,18 @@ def _write_alpaca(messages: Sequence[Mapping[str, str]], options: TemplateOption
         else:                                  # user (or a later system message)
             blocks.append(f"### Instruction:\n{content}\n\n### Response:\n")
     return ["\n\n".join(blocks)]
+
+
+def _write_chat(messages: Sequence[Mapping[str, str]], options: TemplateOptions) -> list[str]:
+    turns = _merged(messages)
+    if turns and turns[-1][0] == "user" and not turns[-1][1].strip():
+        raise ChatError("the message is empty: say what story you would like")
+    parts: list[str] = [ENDOFTEXT]
+    if turns and turns[0][0] == "system":
+        parts.append(turns.pop(0)[1] + "\n\n")
+    for role, content in turns:              # a later system message speaks as the user
+        parts += [ASSISTANT if role == "assistant" else USER, content, END]
+    return parts + [ASSISTANT]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,6 +326,8 @@ TEMPLATES: dict[str, ChatTemplate] = {
     "qwen3": ChatTemplate("qwen3", _write_qwen3, thinking=True, **_CHATML),
     "llama3": ChatTemplate("llama3", _write_llama3, stop_tokens=(EOT_ID,),
                            control_tokens=(BEGIN_OF_TEXT, START_HEADER, END_HEADER, EOT_ID)),
+    "chat": ChatTemplate("chat", _write_chat, stop_tokens=(END,),
+                         control_tokens=(ENDOFTEXT, USER, ASSISTANT, END)),
 }
 
 
