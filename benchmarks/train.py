@@ -1,5 +1,5 @@
-"""Full training steps (forward, backward, gradient clipping, AdamW): ms/iter, tokens/s, peak
-memory, and where the time goes.
+"""Full training steps (forward, backward, gradient clipping, the optimizer): ms/iter, tokens/s,
+peak memory, and where the time goes.
 
     python benchmarks/train.py                 # both configurations below
     python benchmarks/train.py --config small  # one of them
@@ -11,9 +11,14 @@ Without --pytorch the ratio is against the PyTorch figures the issue measured on
 same steps run in PyTorch (benchmarks/pytorch_train.py, in the Python given, which must have
 torch installed) right after ours, alternating for --rounds rounds, and the medians are compared.
 
-Configurations (vocabulary 65, as character-level Tiny Shakespeare):
-    small: nanoGPT's shakespeare-char CPU config, n_layer 4, n_head 4, n_embd 128, block 64, batch 12
-    large: n_layer 6, n_head 6, n_embd 384, block 256, batch 16
+Configurations:
+    small:  GPT-2, nanoGPT's shakespeare-char CPU config: vocabulary 65, n_layer 4, n_head 4,
+            n_embd 128, block 64, batch 12; AdamW
+    large:  GPT-2, vocabulary 65, n_layer 6, n_head 6, n_embd 384, block 256, batch 16; AdamW
+    modern: the modern recipe (gpt.core.llama: RoPE, RMSNorm, QK-norm, ReLU², untied head, no
+            biases) at issue 13's PyTorch shape: vocabulary 4096 (the main job's BPE),
+            n_layer 4, n_head 4, n_embd 192, block 256, batch 16; Muon for the blocks'
+            matrices, AdamW for the rest (autograd.optim.muon_with_adamw)
 Each runs in its own process so that its peak resident memory is its own. Steps run as
 train.py runs them: the batch split over data-parallel threads (--threads, default one per
 core). The time shares are measured in one thread with the op profiler.
@@ -38,42 +43,68 @@ CONFIGS = {
                   batch=12, steps=30),
     "large": dict(model=dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384),
                   batch=16, steps=8),
+    "modern": dict(arch="llama",
+                   model=dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=192,
+                              n_kv_head=4, intermediate_size=768, mlp="relu2", qk_norm=True,
+                              tie_word_embeddings=False, zero_init_proj=True),
+                   batch=16, steps=8),
 }
-# PyTorch 2.13 eager, float32, same model and batch, on the same 2-core machine (the issue's
-# yardstick, measured when the issue was written).
-PYTORCH_TOKENS_PER_SEC = {"small": 15_800, "large": 2_000}
+# PyTorch 2.13 eager, float32, same model and batch, on the same 2-core machine (the issues'
+# yardsticks, measured when each was written).
+PYTORCH_TOKENS_PER_SEC = {"small": 15_800, "large": 2_000, "modern": 1_500}
 
 GROUPS = {
     "linear": "matmuls (linear)",
     "attention": "attention",
     "layer_norm": "layer norm",
     "gelu": "gelu",
-    "clip+adamw": "optimizer (clip + AdamW)",
+    "rms_norm": "RMSNorm (blocks, QK-norm, final)",
+    "rope": "rotary embedding",
+    "relu_squared": "ReLU²",
+    "swiglu": "SwiGLU",
+    "clip": "gradient clipping",
+    "muon": "optimizer: Muon (block matrices)",
+    "adamw": "optimizer: AdamW",
     "linear_cross_entropy": "output head + cross-entropy",
     "embedding": "embedding",
 }
 
 
+def build(spec: dict):
+    """(model, optimizer, {profile section: the optimizer's steps}) of a configuration."""
+    from autograd.optim import AdamW, decay_groups, muon_with_adamw
+    from gpt import GPT, GPTConfig
+    from gpt.core.llama import Llama, LlamaConfig
+
+    if spec.get("arch", "gpt2") == "llama":
+        model = Llama(LlamaConfig(**spec["model"]), rng=np.random.default_rng(0))
+        # The Muon lr of the PyTorch yardstick; AdamW's as train.py's modern recipe.
+        optimizer = muon_with_adamw(model, lr=0.02, adamw_lr=4e-3, betas=(0.8, 0.95))
+        muon, adamw = optimizer.optimizers
+        return model, optimizer, {"muon": muon.step, "adamw": adamw.step}
+    model = GPT(GPTConfig(**spec["model"]), rng=np.random.default_rng(0))
+    optimizer = AdamW(decay_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    return model, optimizer, {"adamw": optimizer.step}
+
+
 def run_one(name: str, threads: int) -> dict:
     from autograd.allocator import keep_freed_memory
-    from autograd.optim import AdamW, clip_grad_norm, decay_groups
+    from autograd.optim import clip_grad_norm
     from autograd.parallel import DataParallel, limit_blas_threads
     from autograd.profiler import profile
-    from gpt import GPT, GPTConfig
-    from gpt.train.pretrain import backward_batches
+    from gpt.train.loop import backward_batches
 
     keep_freed_memory()                      # as train.py does
     spec = CONFIGS[name]
-    config = GPTConfig(**spec["model"])
-    batch, block = spec["batch"], config.block_size
-    model = GPT(config, rng=np.random.default_rng(0))
-    optimizer = AdamW(decay_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    model, optimizer, optimizer_steps = build(spec)
+    batch, block = spec["batch"], model.config.block_size
+    vocab = model.config.vocab_size
     params = model.parameters()
     rng = np.random.default_rng(0)
-    x = rng.integers(0, config.vocab_size, size=(batch, block))
-    y = rng.integers(0, config.vocab_size, size=(batch, block))
+    x = rng.integers(0, vocab, size=(batch, block))
+    y = rng.integers(0, vocab, size=(batch, block))
 
-    def step(parallel):                      # what gpt.train.pretrain does in one step
+    def step(parallel):                      # what gpt.train.loop does in one step
         model.zero_grad()
         backward_batches(parallel, model.loss, [(x, y)], params, seed=0, step=0)
         clip_grad_norm(params, 1.0)
@@ -95,9 +126,11 @@ def run_one(name: str, threads: int) -> dict:
         model.zero_grad()
         prof.mark()
         model.loss(x, y).backward()
-        with prof.section("clip+adamw"):
+        with prof.section("clip"):
             clip_grad_norm(params, 1.0)
-            optimizer.step()
+        for section, optimizer_step in optimizer_steps.items():
+            with prof.section(section):
+                optimizer_step()
 
     with limit_blas_threads(1), profile() as prof:
         for _ in range(max(2, spec["steps"] // 3)):
@@ -121,6 +154,9 @@ def report(result: dict, torch_result: dict | None = None) -> None:
         torch, where = PYTORCH_TOKENS_PER_SEC[name], "the issue's figure"
     else:
         torch = torch_result["tokens_per_sec"]
+        if torch_result.get("params", result["params"]) != result["params"]:
+            print(f"warning: PyTorch's model has {torch_result['params']:,} parameters, ours "
+                  f"{result['params']:,}: not the same model")
         where = (f"PyTorch {torch_result['version']}, {torch_result['ms_per_iter']:.1f} ms/iter, "
                  f"measured alongside")
     print(f"{name}: {result['params']:,} parameters, batch {result['batch']} x block "
