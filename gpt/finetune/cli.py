@@ -1,8 +1,9 @@
-"""The fine-tuning subcommands of train.py: `python train.py classify|instruct|dpo --init DIR`.
+"""The fine-tuning subcommands of train.py: `python train.py TASK --init DIR`.
 
     python train.py classify --init runs/pretrain      # spam classifier (gpt.finetune.classify)
     python train.py instruct --init runs/pretrain      # instruction following (gpt.finetune.instruct)
     python train.py dpo --init runs/instruct-...       # preference tuning (gpt.finetune.dpo)
+    python train.py chat --init runs/pretrain          # a storyteller (gpt.finetune.stories)
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gpt.finetune.classify import run_classify
 from gpt.finetune.common import TASK_DEFAULTS, TASKS, FinetuneSettings
 from gpt.finetune.dpo import run_dpo
 from gpt.finetune.instruct import run_instruct
+from gpt.finetune.stories import run_chat
 from gpt.train.pretrain import TrainingError
 
 
@@ -26,24 +28,37 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                     "(instruction/input/output), the book's prompt layout.",
         "dpo": "Direct preference optimisation on records with chosen/rejected responses, "
                "against a frozen copy of the starting model.",
+        "chat": "Supervised fine-tuning into a storyteller: conversations made from the "
+                "stories of a corpus, in the chat template (<|user|>, <|assistant|>, <|end|>), "
+                "the loss on the assistant's tokens only. python train.py runs it after "
+                "pretraining.",
     }
     p = argparse.ArgumentParser(prog=f"train.py {task}", description=descriptions[task],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--init", required=True,
                    help="checkpoint or run directory to start from (pretrained with train.py, "
-                        "a Hugging Face GPT-2 directory, or for dpo an instruct run)")
+                        "a Hugging Face GPT-2 directory, or for dpo an instruct run"
+                        + ("; for chat, its tokenizer needs the turn tokens, as train.py's has"
+                           if task == "chat" else "") + ")")
     p.add_argument("--data", default=defaults.data,
                    help="named data set or a local file (" + {
                        "classify": ".tsv lines 'ham|spam<TAB>text', or the UCI .zip",
                        "instruct": "JSON list or JSONL of instruction/input/output records",
                        "dpo": "JSON list or JSONL of records with instruction, input, chosen, "
-                              "rejected"}[task] + ")")
+                              "rejected",
+                       "chat": "a corpus of stories, each followed by <|endoftext|> (a name, a "
+                               "file, a directory with train.txt and valid.txt), or a .jsonl of "
+                               "conversations from python -m gpt.data.conversations --out"}[task]
+                   + ")")
     p.add_argument("--data-dir", default=None, help="download/cache directory")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=defaults.epochs,
-                     help="passes over the training records")
-    opt.add_argument("--max-iters", type=int, default=None,
-                     help="optimizer steps (overrides --epochs)")
+    if task != "chat":          # chat counts steps: its data is made for them
+        opt.add_argument("--epochs", type=int, default=defaults.epochs,
+                         help="passes over the training records")
+    opt.add_argument("--max-iters", type=int, default=defaults.max_iters,
+                     help="optimizer steps (overrides --epochs)" + (
+                         "; as many conversations are made as the steps see, each once"
+                         if task == "chat" else ""))
     opt.add_argument("--batch-size", type=int, default=defaults.batch_size,
                      help="records per step")
     opt.add_argument("--lr", type=float, default=defaults.lr, help="(peak) learning rate")
@@ -62,15 +77,18 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     opt.add_argument("--max-length", type=int, default=None,
                      help="tokens per example; longer ones are cut (default: the model's "
                           "context" + (", or the longest training message" if task == "classify"
-                                       else "") + ")")
-    lora = p.add_argument_group("LoRA")
-    lora.add_argument("--lora-rank", type=int, default=None,
-                      help="train rank-R LoRA adapters on every Linear of the blocks instead "
-                           "of the weights" + (" (with --trainable lora; default 16)"
-                                               if task == "classify" else ""))
-    lora.add_argument("--lora-alpha", type=float, default=None,
-                      help="LoRA scaling numerator: updates are scaled by alpha/rank "
-                           "(default: alpha = rank)")
+                                       else "") + ")" + (
+                         "; for chat, stories are cut at a sentence and what does not fit "
+                         "is left out" if task == "chat" else ""))
+    if task != "chat":          # chat checkpoints as it goes: a plain model, no adapters
+        lora = p.add_argument_group("LoRA")
+        lora.add_argument("--lora-rank", type=int, default=None,
+                          help="train rank-R LoRA adapters on every Linear of the blocks "
+                               "instead of the weights" + (" (with --trainable lora; default "
+                                                           "16)" if task == "classify" else ""))
+        lora.add_argument("--lora-alpha", type=float, default=None,
+                          help="LoRA scaling numerator: updates are scaled by alpha/rank "
+                               "(default: alpha = rank)")
     if task == "classify":
         p.add_argument("--trainable", default=defaults.trainable,
                        help="what learns besides the new head: 'all', 'last-K' (the last K "
@@ -84,6 +102,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                        help="length limit of the test-split responses")
         p.add_argument("--test-responses", type=int, default=None,
                        help="answer only the first N test records (0: none; default all)")
+    if task == "chat":
+        p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                       help="length limit of the sample replies at the end")
+        p.add_argument("--threads", type=int, default=defaults.threads,
+                       help="cores that share each batch (0: one per core)")
     if task == "dpo":
         p.add_argument("--beta", type=float, default=defaults.beta,
                        help="DPO's beta: the larger, the closer the policy stays to the "
@@ -113,7 +136,8 @@ def settings_from_args(task: str, argv: Sequence[str]) -> FinetuneSettings:
 def run_task(settings: FinetuneSettings, log: Callable[[str], None] = print) -> dict:
     """Run one fine-tuning task to the end; returns its results (also in results.json)."""
     settings.validate()
-    runners = {"classify": run_classify, "instruct": run_instruct, "dpo": run_dpo}
+    runners = {"classify": run_classify, "instruct": run_instruct, "dpo": run_dpo,
+               "chat": run_chat}
     return runners[settings.task](settings, log)
 
 

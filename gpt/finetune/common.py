@@ -1,20 +1,21 @@
-"""Fine-tuning a pretrained GPT: what the three tasks share (the command line is gpt.finetune.cli).
+"""Fine-tuning a pretrained GPT: what the four tasks share (the command line is gpt.finetune.cli).
 
     python train.py classify --init runs/pretrain      # spam classifier (gpt.finetune.classify)
     python train.py instruct --init runs/pretrain      # instruction following (gpt.finetune.instruct)
     python train.py dpo --init runs/instruct-...       # preference tuning (gpt.finetune.dpo)
+    python train.py chat --init runs/pretrain          # a storyteller (gpt.finetune.stories)
 
 Pretraining reads an endless stream of text windows; fine-tuning reads a small set of *records*
-(an SMS and its label, an instruction and its answer, a prompt and two answers), a few epochs
-over them. Each task module turns its records into batches and a loss; this module holds the
-rest, the same for all three:
+(an SMS and its label, an instruction and its answer, a prompt and two answers, a conversation),
+a few epochs over them. Each task module turns its records into batches and a loss; this module
+holds the rest, the same for all four:
 
 - `load_base`: the pretrained model and its tokenizer from a checkpoint directory;
 - `select_trainable` / `apply_lora` (gpt.finetune.lora): which parameters learn;
 - `fit`: AdamW over the trainable parameters only and the training loop that pretraining
   runs too (`gpt.train.loop.train_loop`: warmup + schedule, gradient clipping, an evaluation
   every `eval_interval` steps and one at the start, metrics.jsonl, Ctrl-C to stop early and
-  still save);
+  still save; given the optimizer and step of a checkpoint, it resumes a run exactly);
 - `save_model`: LoRA adapters are merged into the weights (`gpt.finetune.lora.merge_lora`) and the
   checkpoint is an ordinary GPT directory that `gpt.load_pretrained`, `chat.py` and
   `python train.py --init` all open.
@@ -43,6 +44,7 @@ import autograd.random
 from autograd import Tensor, no_grad
 from autograd.nn import Module
 from autograd.optim import AdamW, decay_groups
+from autograd.parallel import DataParallel
 from gpt.core.model import GPT
 from gpt.finetune.lora import LoRALinear, apply_lora, merge_lora
 from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, resolve_checkpoint,
@@ -56,8 +58,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classify": dict(data="sms-spam", epochs=5, lr=5e-4, eval_interval=50),
     "instruct": dict(data="instructions", epochs=2, lr=3e-4, eval_interval=50),
     "dpo": dict(data="instructions-preference", epochs=1, lr=5e-5, eval_interval=25),
+    # steps, not epochs: the conversations made are as many as the steps will see
+    "chat": dict(data="tinystories", max_iters=600, batch_size=16, lr=1e-3, schedule="cosine",
+                 warmup_iters=20, eval_interval=100, max_new_tokens=200, threads=0),
 }
-TASKS = tuple(TASK_DEFAULTS)      # python train.py classify|instruct|dpo
+TASKS = tuple(TASK_DEFAULTS)      # python train.py classify|instruct|dpo|chat
 IGNORE_INDEX = -100          # the target value F.cross_entropy skips
 
 
@@ -68,7 +73,8 @@ class FinetuneSettings:
     Task-specific fields are ignored by the other tasks: `trainable` (classify: "last-K" trains
     the last K blocks and the final LayerNorm, "all" everything, "lora" LoRA adapters; the new
     head always trains), `mask_prompt`, `max_new_tokens`, `test_responses` (instruct), `beta`
-    (dpo). LoRA is on when `lora_rank` is set (for classify: with trainable="lora").
+    (dpo), `threads` (chat: cores that share each batch, 0 one per core; the other tasks run
+    in one thread). LoRA is on when `lora_rank` is set (for classify: with trainable="lora").
     """
     task: str
     init: str                           # checkpoint (or run directory) to start from
@@ -94,6 +100,7 @@ class FinetuneSettings:
     max_new_tokens: int = 100
     test_responses: int | None = None   # answer this many test records (None: all, 0: none)
     beta: float = 0.1
+    threads: int = 1
     out_dir: str = "runs"
     run_name: str | None = None
     seed: int = 123
@@ -124,8 +131,13 @@ class FinetuneSettings:
             parse_trainable(self.trainable)
             if self.lora_rank is not None and self.trainable != "lora":
                 raise TrainingError("--lora-rank needs --trainable lora for classification")
+        if self.task == "chat" and self.lora_rank is not None:
+            raise TrainingError("chat fine-tuning trains the weights themselves (it saves a "
+                                "plain checkpoint as it goes): drop --lora-rank")
         if self.task == "dpo" and not self.beta > 0:
             raise TrainingError(f"--beta must be positive, got {self.beta}")
+        if self.threads < 0:
+            raise TrainingError(f"--threads must be >= 0 (0: one per core), got {self.threads}")
         if self.test_responses is not None and self.test_responses < 0:
             raise TrainingError(f"--test-responses must be >= 0, got {self.test_responses}")
 
@@ -275,13 +287,16 @@ def split_by_fractions(items: list, fractions: Sequence[float]) -> list[list]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# Training: the loop of gpt.train.loop, set up for fine-tuning
 
 
 def fit(model: Module, settings: FinetuneSettings, n_train: int,
         step_loss: Callable[[np.ndarray], tuple[Tensor, dict[str, float]]],
         evaluate: Callable[[str, int | None], dict[str, float]],
-        directory: Path, log: Callable[[str], None] = print) -> LoopResult:
+        directory: Path, log: Callable[[str], None] = print, *,
+        optimizer: AdamW | None = None, start_step: int = 0,
+        checkpoint: Callable[[int, dict[str, float]], str] | None = None,
+        parallel: DataParallel | None = None, stop_after: int | None = None) -> LoopResult:
     """Train the parameters of `model` that require a gradient (gpt.train.loop.train_loop).
 
     `step_loss(indices)` builds the batch of those training records and returns its loss (a
@@ -289,13 +304,20 @@ def fit(model: Module, settings: FinetuneSettings, n_train: int,
     `evaluate(split, max_batches)` returns metrics of a split ("train" or "val"), e.g.
     {"loss": ..., "accuracy": ...}; it is called before the first step, every `eval_interval`
     steps with `eval_iters` batches and at the end, and logged as eval_train_* / eval_val_*.
+
+    To resume a run (the chat stage of `python train.py` does): pass its `optimizer` with the
+    saved state loaded and the `start_step` it reached; metrics.jsonl keeps the rows up to that
+    step. `checkpoint(step, numbers)` saves the run after each evaluation (see
+    gpt.train.loop.Task); `stop_after` ends the run early after that step, as a Ctrl-C would.
+    With `parallel`, each batch is shared among its threads.
     """
     s = settings
     if n_train < 1:
         raise TrainingError("the training split is empty")
     total = s.max_iters or s.epochs * steps_per_epoch(n_train, s.batch_size)
-    # Adam's default betas, as the book's fine-tuning uses (PyTorch's AdamW defaults).
-    optimizer = AdamW(decay_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+    if optimizer is None:
+        # Adam's default betas, as the book's fine-tuning uses (PyTorch's AdamW defaults).
+        optimizer = AdamW(decay_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
 
     def batches(step: int) -> list[tuple[np.ndarray]]:
         return [(batch_indices(step, n_train, s.batch_size, s.seed),)]
@@ -307,10 +329,13 @@ def fit(model: Module, settings: FinetuneSettings, n_train: int,
     config = LoopConfig(max_steps=total, lr=s.lr, schedule=s.schedule,
                         warmup_steps=min(s.warmup_iters, total), min_lr=min(s.min_lr, s.lr),
                         grad_clip=s.grad_clip, eval_interval=s.eval_interval, eval_at_start=True,
-                        seed=s.seed, progress=s.progress, description=f"fine-tuning ({s.task})",
-                        failure_hint="Try a lower --lr.")
-    return train_loop(model, optimizer, Task(batches, step_loss, evaluate_splits), config,
-                      MetricsLog(directory / METRICS_FILE), log=log)
+                        stop_after=stop_after, seed=s.seed, progress=s.progress,
+                        description=f"fine-tuning ({s.task})", failure_hint="Try a lower --lr.")
+    metrics_path = directory / METRICS_FILE
+    metrics = MetricsLog.resume(metrics_path, start_step) if start_step else \
+        MetricsLog(metrics_path)
+    return train_loop(model, optimizer, Task(batches, step_loss, evaluate_splits, checkpoint),
+                      config, metrics, start_step=start_step, parallel=parallel, log=log)
 
 
 @no_grad()
