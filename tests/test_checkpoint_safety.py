@@ -23,10 +23,11 @@ from _tiny_chat import tokenizer as tiny_tokenizer
 
 import gpt.io.checkpoint as checkpoint
 from autograd.optim import AdamW
+from gpt.chat.templates import set_chat_template
 from gpt.cli import fail_cleanly
-from gpt.io.checkpoint import (COMPLETE_FILE, FAULT_ENV, CheckpointError, load_pretrained,
-                               load_training_state, newest_complete_checkpoint, read_settings_file,
-                               recover_run, resolve_checkpoint, save_checkpoint)
+from gpt.io.checkpoint import (COMPLETE_FILE, FAULT_ENV, CheckpointError, latest_run,
+                               load_pretrained, load_training_state, newest_complete_checkpoint,
+                               read_settings_file, recover_run, resolve_checkpoint, save_checkpoint)
 
 
 class Killed(BaseException):
@@ -385,13 +386,16 @@ def test_recover_run_keeps_the_newest_complete_checkpoint(tmp_path, state):
     assert step_of(run / "latest") == newest and leftovers(run) == ["best", "latest"]
 
 
-def test_a_truncated_file_makes_a_checkpoint_incomplete(tmp_path):
+def test_a_checkpoint_edited_after_its_save_is_still_complete(tmp_path):
     run = tmp_path / "run"
-    save(run / "latest", step=1)
-    save(run / "x", step=2).rename(run / ".latest.tmp")
-    weights = run / ".latest.tmp" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-8])
-    assert newest_complete_checkpoint(run / "latest") == run / "latest"
+    latest = save(run / "latest", step=1)
+    set_chat_template(latest, "alpaca")                 # rewrites config.json
+    assert newest_complete_checkpoint(latest) == latest
+    with crash_at(6) as crashed:                        # killed while staging the next save
+        save(latest, step=2)
+    assert crashed and step_of(resolve_checkpoint(run)) == 1
+    save(latest, step=3)
+    assert step_of(latest) == 3 and leftovers(run) == ["latest"]
 
 
 def test_recover_run_leaves_a_damaged_latest_for_loading_to_report(tmp_path):
@@ -403,6 +407,12 @@ def test_recover_run_leaves_a_damaged_latest_for_loading_to_report(tmp_path):
     assert len(weights.read_bytes()) == 100
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_pretrained(run / "latest")
+
+
+def test_chat_finds_a_run_whose_first_save_was_interrupted(tmp_path):
+    save(tmp_path / "runs" / "r" / "x", step=1).rename(tmp_path / "runs" / "r" / ".latest.tmp")
+    assert latest_run(tmp_path / "runs") == tmp_path / "runs" / "r"
+    assert step_of(resolve_checkpoint(tmp_path / "runs" / "r")) == 1
 
 
 def test_recover_run_without_a_checkpoint(tmp_path):

@@ -154,3 +154,41 @@ def test_two_kills_in_a_row_lose_nothing(root, straight):
     result = resume(root, name)
     assert result.returncode == 0, result.stderr
     assert_same_as_straight(run, straight)
+
+
+# train.py with numpy.savez (the optimizer state's writer) failing as a full disk makes it
+# fail, from the third checkpoint on (latest/ and best/ at step 2 are saved).
+DISK_FULL_TRAIN_PY = """
+import errno, os, runpy, sys
+import numpy as np
+real_savez, calls = np.savez, []
+def savez(*args, **kwargs):
+    calls.append(1)
+    if len(calls) >= 3:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_savez(*args, **kwargs)
+np.savez = savez
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_is_one_error_line_and_the_run_resumes(root, straight):
+    name = "disk-full"
+    run = root / "runs" / name
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DU_DATA_DIR": str(root / "cache")}
+    env.pop(FAULT_ENV, None)
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_TRAIN_PY, str(REPO / "train.py"),
+         "--data", str(root / "corpus.txt"), "--out-dir", str(root / "runs"), "--run-name", name,
+         *TRAIN_ARGS], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: disk full while saving {run / 'latest'} ")
+    assert f"the previous checkpoint in {run / 'latest'} is intact" in result.stderr
+    assert not (run / ".latest.tmp").exists() and not (run / "latest.old").exists()
+    assert load_training_state(run / "latest")[1]["step"] == EVAL_INTERVAL
+    result = resume(root, name)
+    assert result.returncode == 0, result.stderr
+    assert_same_as_straight(run, straight)
+

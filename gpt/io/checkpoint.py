@@ -58,7 +58,7 @@ INDEX_FILE = "model.safetensors.index.json"     # the shards of a large checkpoi
 TOKENIZER_FILE = "tokenizer.du.json"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "train_state.json"
-COMPLETE_FILE = "complete.json"     # written last: every file of the checkpoint and its size
+COMPLETE_FILE = "complete.json"     # written last: the names of the checkpoint's files
 FAULT_ENV = "DU_FAULT_KILL_AT"       # fault tests only: see _fault_point
 HF_PREFIX = "transformer."
 # Buffers (the causal mask) that some GPT-2 checkpoints store: not parameters, skipped.
@@ -405,7 +405,7 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32,
 # Training checkpoints: model + tokenizer + optimizer + run state, swapped in atomically
 #
 # A checkpoint X is written into the staging directory .X.tmp, which is complete once its last
-# file, complete.json (every file's name and size), is written. Then X is renamed X.old, .X.tmp
+# file, complete.json (the names of the others), is written. Then X is renamed X.old, .X.tmp
 # renamed X, and X.old deleted. A crash can leave any of the three; newest first: a complete
 # .X.tmp, X, X.old. No version is deleted unless it is incomplete or a newer complete one is in
 # place, so a run killed at any moment keeps its newest complete checkpoint, and the next save
@@ -484,7 +484,11 @@ def _has_weights(directory: Path) -> bool:
 
 
 def _is_complete(directory: Path) -> bool:
-    """Whether `directory` holds every file its complete.json lists, each at its size.
+    """Whether `directory` holds every file its complete.json lists.
+
+    Sizes are not recorded: every file is written before complete.json, so a kill cannot leave
+    a listed one short, and a checkpoint may be edited after its save (a chat template is
+    recorded in config.json). A file damaged later is for loading to report.
 
     A checkpoint without complete.json (written by `save_pretrained`, or before complete.json
     existed) counts when it has config.json and weights; a staging directory never does.
@@ -494,8 +498,8 @@ def _is_complete(directory: Path) -> bool:
         return not directory.name.endswith(".tmp") and (directory / CONFIG_FILE).is_file() \
             and _has_weights(directory)
     try:
-        sizes = json.loads(marker.read_text(encoding="utf-8"))["files"]
-        return all((directory / name).stat().st_size == size for name, size in sizes.items())
+        names = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        return all(isinstance(name, str) and (directory / name).is_file() for name in names)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -508,8 +512,8 @@ def _write_checkpoint(directory: Path, write: Callable[[Path], None]) -> Path:
         _finish_interrupted_save(directory)
         staging.mkdir(parents=True)
         write(staging)
-        sizes = {path.name: path.stat().st_size for path in sorted(staging.iterdir())}
-        _write_json(staging / COMPLETE_FILE, {"files": sizes})
+        _fsync_directory(staging)                # the files' names before the marker's
+        _write_json(staging / COMPLETE_FILE, {"files": sorted(p.name for p in staging.iterdir())})
         _fault_point(directory, "complete")
         _swap_in(directory)
     except Exception as error:
@@ -768,5 +772,6 @@ def latest_run(out_dir: str | os.PathLike = "runs") -> Path | None:
     root = Path(out_dir).expanduser()
     if not root.is_dir():
         return None
-    runs = [d for d in root.iterdir() if (d / "latest").is_dir() or (d / "best").is_dir()]
+    runs = [d for d in root.iterdir() if any((d / name).is_dir() or newest_complete_checkpoint(
+        d / name) is not None for name in ("latest", "best"))]      # a crash may leave .latest.tmp
     return max(runs, key=lambda d: d.stat().st_mtime, default=None)
