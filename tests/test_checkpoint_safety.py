@@ -171,6 +171,7 @@ DAMAGED_STATES = [
     (b'{"step": 3', "not valid JSON"),
     (b"[1, 2]", "does not hold a JSON object"),
     (b"", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
 ]
 
 

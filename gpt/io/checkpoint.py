@@ -526,8 +526,8 @@ def _write_checkpoint(directory: Path, write: Callable[[Path], None]) -> Path:
 
 
 def _swap_in(directory: Path) -> None:
-    """Make the complete staging directory `directory`; the one it replaces is kept as X.old
-    until then."""
+    """Rename the complete staging directory to `directory`; the checkpoint it replaces stays,
+    as X.old, until then."""
     staging, previous = _staging(directory), _previous(directory)
     if directory.is_dir() and _is_complete(directory):
         shutil.rmtree(previous, ignore_errors=True)         # older than `directory`
@@ -642,11 +642,19 @@ def _kill_this_process() -> None:
 # ----------------------------------------------------------------------------------------------
 # Reading a run back: train_state.json, optimizer.npz, settings.json, each checked
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # What each key of train_state.json holds. Pretraining writes step, best_val_loss and settings;
 # fine-tuning writes task and step, and may add results and chat_template.
 _STATE_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "step": ("a whole number >= 0", lambda v: _is_whole(v) and v >= 0),
-    "best_val_loss": ("a number", lambda v: _is_number(v)),
+    "best_val_loss": ("a number", _is_number),
     "settings": ("a JSON object", lambda v: isinstance(v, dict)),
     "task": ("a string", lambda v: isinstance(v, str)),
     "results": ("a JSON object", lambda v: isinstance(v, dict)),
@@ -671,8 +679,8 @@ def load_training_state(directory: str | os.PathLike) -> tuple[dict | None, dict
             with np.load(path, allow_pickle=False) as data:
                 structure = json.loads(str(data["__structure__"]))
                 optimizer_state = join_arrays(structure, data)
-        except KeyError:
-            raise CheckpointError(f"{path} is damaged: it has no __structure__ entry") from None
+        except KeyError as error:          # "NAME is not a file in the archive"
+            raise CheckpointError(f"{path} is damaged: {error.args[0]}") from None
         except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:
             raise CheckpointError(f"{path} is damaged: {error or type(error).__name__}") from None
     path = directory / STATE_FILE
@@ -696,11 +704,11 @@ def read_settings_file(path: str | os.PathLike, settings_class: type) -> dict[st
     """
     path = Path(path)
     values = _read_json_object(path)
-    types = typing.get_type_hints(settings_class)
+    hints = typing.get_type_hints(settings_class)
     names = [field.name for field in dataclasses.fields(settings_class)]
     problems = _key_problems(values, names, names)
     for name in names:
-        if name in values and (what := _type_problem(types[name], values[name])) is not None:
+        if name in values and (what := _type_problem(hints[name], values[name])) is not None:
             problems.append(f"{name!r} must be {what}, got {json.dumps(values[name])}")
     if problems:
         raise CheckpointError(f"{path} is damaged: {'; '.join(problems)}")
@@ -722,6 +730,8 @@ def _read_json_object(path: Path) -> dict[str, Any]:
                               f"{error.start})") from None
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path} is damaged: not valid JSON ({error})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is damaged: JSON nested too deeply") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} is damaged: it does not hold a JSON object")
     return values
@@ -732,14 +742,6 @@ def _key_problems(values: dict, required, known) -> list[str]:
     unknown = [name for name in values if name not in known]
     return [f"{what} key{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}"
             for what, names in (("missing", missing), ("unknown", unknown)) if names]
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # The JSON values a settings field of each type may hold, and how to say so.
