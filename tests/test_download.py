@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from _http_server import closed_port_url, serve  # noqa: F401  (serve is a fixture)
+from _http_server import FileServer, closed_port_url, serve  # noqa: F401  (serve is a fixture)
 
 from gpt.data import hub
 from gpt.data.http import DownloadError, download, partial_path
@@ -17,6 +17,12 @@ from gpt.io.checkpoint import resolve_checkpoint
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def no_token(monkeypatch):
+    """Tests start without an access token, whatever the environment running them holds."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
 def test_download_verifies_and_renames(serve, tmp_path):
@@ -237,9 +243,109 @@ def test_an_interrupted_download_says_what_is_missing_and_resumes(serve, tmp_pat
 def test_a_gated_repository_is_explained_before_any_download(serve, tmp_path, monkeypatch):
     with serve(fake_hub("meta-llama/Llama-3.2-1B-Instruct", SINGLE, gated=True)) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url(""))
-        with pytest.raises(DownloadError, match="is gated.*accept its license.*put them in"):
+        with pytest.raises(DownloadError, match="is gated.*accept its license.*"
+                                                "environment variable HF_TOKEN.*put them in"):
             hub.download_model("meta-llama/Llama-3.2-1B-Instruct", tmp_path, progress=False)
         assert fetched(server) == []
+
+
+class GatedServer(FileServer):
+    """A FileServer that records each request's Authorization header and, for the paths
+    `protected` says, answers 401 (no token) or 403 (another token) unless it carries
+    `Bearer <token>`. `redirects` maps a path to a URL to answer 302 with (after that check)."""
+
+    def __init__(self, files: dict[str, bytes], token: str,
+                 protected=lambda path: True, redirects: dict[str, str] | None = None) -> None:
+        self.token, self.protected = token, protected
+        self.redirects, self.authorizations = dict(redirects or {}), []
+        super().__init__(files)
+
+    def _handler(self):
+        server, plain = self, super()._handler()
+
+        class Handler(plain):
+            def do_GET(self) -> None:
+                sent = self.headers.get("Authorization")
+                server.authorizations.append((self.path, sent))
+                if server.protected(self.path) and sent != f"Bearer {server.token}":
+                    self.send_error(401 if sent is None else 403)
+                elif self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    super().do_GET()
+        return Handler
+
+
+def test_the_token_goes_to_the_hub_and_not_where_it_redirects(serve, tmp_path, monkeypatch,
+                                                              capsys):
+    secret = "hf_not_a_real_token_4213"
+    repo = "meta-llama/Llama-3.2-1B-Instruct"
+    weights = f"/{repo}/resolve/main/model.safetensors"
+    # The hub sends the weights to its storage, another host (here: another port), which
+    # needs no token: the signed URL is the permission.
+    with serve({}), GatedServer({"/blob": PAYLOAD}, "", protected=lambda path: False) as storage, \
+            GatedServer(fake_hub(repo, SINGLE, gated=True), secret,
+                        redirects={weights: storage.url("/blob")}) as hub_server:
+        monkeypatch.setenv("HF_ENDPOINT", hub_server.url(""))
+        monkeypatch.setenv("HF_TOKEN", secret)
+        directory = hub.download_model(repo, tmp_path, progress=True)
+    assert (directory / "model.safetensors").read_bytes() == PAYLOAD
+    assert {sent for _, sent in hub_server.authorizations} == {f"Bearer {secret}"}
+    assert len(hub_server.authorizations) == 1 + 7       # the listing and each file
+    assert storage.authorizations == [("/blob", None)]
+    assert secret not in capsys.readouterr().err         # the progress bars name files only
+
+
+def test_the_download_function_sends_the_headers_it_is_given(serve, tmp_path):
+    with serve({}), GatedServer({"/f.bin": PAYLOAD}, "abc") as server:
+        with pytest.raises(DownloadError, match="HTTP 401") as refused:
+            download(server.url("/f.bin"), tmp_path / "f.bin", progress=False)
+        assert refused.value.status == 401
+        download(server.url("/f.bin"), tmp_path / "f.bin", progress=False,
+                 headers={"Authorization": "Bearer abc"})
+    assert server.authorizations == [("/f.bin", None), ("/f.bin", "Bearer abc")]
+    assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+
+
+NO_TOKEN_ADVICE = ("accept its license at .*, then create an access token at "
+                   "https://huggingface.co/settings/tokens and set it in the environment "
+                   "variable HF_TOKEN")
+WRONG_TOKEN_ADVICE = ("the hub refused the token in HF_TOKEN: accept the license at .* with "
+                      "the account the token belongs to")
+
+
+@pytest.mark.parametrize("token, status, advice", [(None, 401, NO_TOKEN_ADVICE),
+                                                   ("hf_wrong_token_99", 403, WRONG_TOKEN_ADVICE)])
+def test_a_refused_listing_says_the_repository_is_gated(serve, tmp_path, monkeypatch, token,
+                                                        status, advice):
+    repo = "Org/Private-Model"
+    if token is not None:
+        monkeypatch.setenv("HF_TOKEN", token)
+    with serve({}), GatedServer(fake_hub(repo, SINGLE), "the right one") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        with pytest.raises(DownloadError, match=f"{repo} is gated \\(or private\\), and its "
+                                                f"files need an access token \\(HTTP {status}\\): "
+                                                f"{advice}") as refused:
+            hub.download_model(repo, tmp_path, progress=False)
+    assert refused.value.status == status
+    assert token is None or token not in str(refused.value)
+
+
+def test_a_refused_file_says_so_and_what_to_fetch_by_hand(serve, tmp_path, monkeypatch, capsys):
+    repo = "Org/Gated-Files"                 # the listing is public, the files are not
+    with serve({}), GatedServer(fake_hub(repo, SINGLE), "secret",
+                                protected=lambda path: "/resolve/" in path) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+        assert hub.main([repo, "--dir", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {repo} is gated (or private)" in err and "(HTTP 401)" in err
+        assert "HF_TOKEN" in err and "get config.json, model.safetensors" in err
+        monkeypatch.setenv("HF_TOKEN", "secret")
+        assert hub.main([repo, "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "model.safetensors").read_bytes() == PAYLOAD
 
 
 @pytest.mark.parametrize("files, match", [

@@ -15,8 +15,15 @@ Both the named corpora (`gpt.data.corpora`) and the GPT-2 weights (`gpt.data.hub
    `dest` is complete.
 
 Failures never surface as a traceback from deep inside `urllib`: they become a
-`DownloadError` whose message names the URL and the reason. The connect timeout is short
-(`DEFAULT_TIMEOUT`), so a machine without network fails in seconds rather than minutes.
+`DownloadError` whose message names the URL and the reason (and whose `status` is the HTTP
+status, when the server answered with one). The connect timeout is short (`DEFAULT_TIMEOUT`), so
+a machine without network fails in seconds rather than minutes.
+
+Extra request `headers` (an access token: `Authorization: Bearer ...`) go to the URL's own host
+only. A server that redirects elsewhere (the hub sends file downloads to its storage servers,
+with a signed URL that needs no token) does not get the Authorization header: urllib would
+forward it to any host, so the redirect handler here drops it when the host changes. Header
+values never appear in a message.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Mapping
 
 from tqdm import tqdm
 
@@ -43,7 +51,12 @@ _USER_AGENT = "deep-understanding/0.1 (Python urllib)"
 
 
 class DownloadError(GPTError):
-    """A file could not be downloaded. The message names the URL and what went wrong."""
+    """A file could not be downloaded. The message names the URL and what went wrong; `status`
+    is the HTTP status the server answered with (404, 401, ...), None for any other failure."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _StartOver(Exception):
@@ -65,6 +78,7 @@ def download(
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
     desc: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Path:
     """Download `url` to `dest` (resuming `<dest>.part` if present) and return `dest`.
 
@@ -73,6 +87,8 @@ def download(
                sample of a file too large to want whole.
     timeout:   seconds allowed to connect and to wait for each piece of data.
     progress:  show a tqdm progress bar on stderr.
+    headers:   extra request headers, e.g. {"Authorization": "Bearer ..."}; sent to the URL's
+               host, and to a host it redirects to only if that is the same host.
 
     Raises `DownloadError` on any network, HTTP, size or checksum failure.
     """
@@ -81,7 +97,8 @@ def download(
     part = partial_path(dest)
     for attempt in (1, 2):
         try:
-            _fetch_into(url, part, max_bytes, timeout, progress, desc or dest.name)
+            _fetch_into(url, part, max_bytes, timeout, progress, desc or dest.name,
+                        dict(headers or {}))
             break
         except _StartOver:
             part.unlink(missing_ok=True)
@@ -102,7 +119,8 @@ def download(
 
 
 def _fetch_into(
-    url: str, part: Path, max_bytes: int | None, timeout: float, progress: bool, desc: str
+    url: str, part: Path, max_bytes: int | None, timeout: float, progress: bool, desc: str,
+    extra_headers: dict[str, str],
 ) -> None:
     """Append the missing bytes of `url` to `part`; raise `_StartOver` if `part` is unusable."""
     have = part.stat().st_size if part.exists() else 0
@@ -110,7 +128,7 @@ def _fetch_into(
         if have > max_bytes:
             raise _StartOver
         return
-    headers = {"User-Agent": _USER_AGENT}
+    headers = {"User-Agent": _USER_AGENT, **extra_headers}
     if have or max_bytes is not None:
         last = "" if max_bytes is None else str(max_bytes - 1)
         headers["Range"] = f"bytes={have}-{last}"
@@ -123,7 +141,8 @@ def _fetch_into(
             if _content_range(err.headers.get("Content-Range", ""))[2] == have:
                 return
             raise _StartOver from None
-        raise DownloadError(f"{url}: the server answered HTTP {err.code} {err.reason}") from None
+        raise DownloadError(f"{url}: the server answered HTTP {err.code} {err.reason}",
+                            status=err.code) from None
 
     with response:
         if response.status == 206:
@@ -154,7 +173,7 @@ def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTP
     """urlopen, with every way of not reaching the server turned into a `DownloadError`."""
     host = urllib.parse.urlsplit(url).hostname or url
     # A fresh opener reads the proxy environment variables at call time, not import time.
-    opener = urllib.request.build_opener()
+    opener = urllib.request.build_opener(_SameHostCredentials)
     try:
         return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError:
@@ -166,6 +185,23 @@ def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTP
     if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError since 3.10
         reason = f"no answer within {timeout:g} s"
     raise DownloadError(f"could not connect to {host} to download {url} ({reason})")
+
+
+class _SameHostCredentials(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handling, except that the Authorization header is not carried to
+    another host (urllib copies every header but the body's to wherever a server points)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in [n for n in new.headers if n.lower() == "authorization"]:
+                del new.headers[name]
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.hostname, parts.port
 
 
 def _stream(

@@ -17,10 +17,14 @@ file goes through `gpt.data.http.download`: resumable (an interrupted download c
 it stopped), with a progress bar, and checked: its size against the listing, and its sha256
 when the listing gives one. A file already in the directory with the listed size is kept.
 
-Gated repositories (Meta's Llama) need an access token, which this downloader does not send;
-it says so, and which files to get and where to put them. So does any other failure, such as
-a machine without network; but a directory that already holds a whole model is used as it is
-when the hub cannot be reached. The environment variable HF_ENDPOINT points it at a mirror.
+Gated repositories (Meta's Llama) and private ones need an access token: accept the model's
+license on its page, make a token at https://huggingface.co/settings/tokens, and set it in the
+environment variable HF_TOKEN. It is then sent as `Authorization: Bearer <token>` to the hub
+(not to the storage servers the hub redirects downloads to) and never printed. A gated
+repository without HF_TOKEN, or a refused token (HTTP 401 or 403), is an error that says this.
+Any failure, such as a machine without network, also says which files to get and where to put
+them; a directory that already holds a whole model is used as it is when the hub cannot be
+reached. The environment variable HF_ENDPOINT points it at a mirror.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ __all__ = ["API_URL", "FILE_URL", "HubFile", "OPTIONAL_FILES", "download_model",
            "main", "model_files"]
 
 ENDPOINT = "https://huggingface.co"
+TOKEN_VARIABLE = "HF_TOKEN"
+TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 API_URL = "{endpoint}/api/models/{repo}/revision/{revision}?blobs=true"
 FILE_URL = "{endpoint}/{repo}/resolve/{revision}/{file}"
 CONFIG = "config.json"
@@ -73,6 +79,27 @@ def _page(repo: str) -> str:
     return f"{_endpoint()}/{repo}"
 
 
+def _auth_headers() -> dict[str, str]:
+    """{"Authorization": "Bearer $HF_TOKEN"} when HF_TOKEN is set, else {}."""
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _refused(repo: str, error: DownloadError) -> DownloadError | None:
+    """For an HTTP 401 or 403 answer, the error that says what to do about it; else None."""
+    if error.status not in (401, 403):
+        return None
+    if _auth_headers():
+        advice = (f"the hub refused the token in {TOKEN_VARIABLE}: accept the license at "
+                  f"{_page(repo)} with the account the token belongs to (and check that the "
+                  f"token is valid)")
+    else:
+        advice = (f"accept its license at {_page(repo)}, then create an access token at "
+                  f"{TOKEN_PAGE} and set it in the environment variable {TOKEN_VARIABLE}")
+    return DownloadError(f"{repo} is gated (or private), and its files need an access token "
+                         f"(HTTP {error.status}): {advice}", status=error.status)
+
+
 def list_files(repo: str, revision: str = "main", *, timeout: float = DEFAULT_TIMEOUT
                ) -> tuple[dict[str, HubFile], bool]:
     """The files of a repository, by name, and whether it is gated (needs a token).
@@ -82,7 +109,11 @@ def list_files(repo: str, revision: str = "main", *, timeout: float = DEFAULT_TI
     url = API_URL.format(endpoint=_endpoint(), repo=repo,
                          revision=urllib.parse.quote(revision, safe=""))
     with tempfile.TemporaryDirectory() as scratch:
-        path = download(url, Path(scratch) / "listing.json", progress=False, timeout=timeout)
+        try:
+            path = download(url, Path(scratch) / "listing.json", progress=False,
+                            timeout=timeout, headers=_auth_headers())
+        except DownloadError as error:
+            raise _refused(repo, error) or error from None
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
             files = {}
@@ -153,13 +184,17 @@ def download_model(
             print(f"note: could not ask the hub about {repo} ({error}); using the files "
                   f"already in {directory}", file=sys.stderr)
             return directory
+        if error.status in (401, 403):
+            raise error from None          # gated or private: what to do is the message
         raise DownloadError(f"cannot list the files of {repo}: {error}\n"
-                            f"{_by_hand(repo, revision, directory)}") from None
+                            f"{_by_hand(repo, revision, directory)}",
+                            status=error.status) from None
     wanted = model_files(files, repo)
-    if gated and not all(_complete(directory, f) for f in wanted):
-        raise DownloadError(f"{repo} is gated: its files need a Hugging Face access token after "
-                            f"you accept its license at {_page(repo)}, and this downloader "
-                            f"sends none. {_by_hand(repo, revision, directory)}")
+    if gated and not _auth_headers() and not all(_complete(directory, f) for f in wanted):
+        raise DownloadError(f"{repo} is gated: its files need a Hugging Face access token; "
+                            f"accept its license at {_page(repo)}, create a token at "
+                            f"{TOKEN_PAGE} and set it in the environment variable "
+                            f"{TOKEN_VARIABLE}. {_by_hand(repo, revision, directory)}")
     if progress:
         print(f"{repo} -> {directory}", file=sys.stderr)
     queue = list(wanted)
@@ -185,8 +220,11 @@ def _fetch(repo: str, revision: str, file: HubFile, directory: Path, progress: b
     url = FILE_URL.format(endpoint=_endpoint(), repo=repo,
                           revision=urllib.parse.quote(revision, safe=""), file=file.name)
     try:
-        download(url, dest, sha256=file.sha256, progress=progress, timeout=timeout,
-                 desc=f"{repo}/{file.name}")
+        try:
+            download(url, dest, sha256=file.sha256, progress=progress, timeout=timeout,
+                     desc=f"{repo}/{file.name}", headers=_auth_headers())
+        except DownloadError as error:
+            raise _refused(repo, error) or error from None
         got = dest.stat().st_size
         if file.size is not None and got != file.size:
             dest.unlink()
@@ -197,7 +235,7 @@ def _fetch(repo: str, revision: str, file: HubFile, directory: Path, progress: b
         raise DownloadError(
             f"{error}\nTo use {repo} without this download, get {', '.join(missing)} from "
             f"{_page(repo)}/tree/{revision} on another machine and put them in {directory} "
-            f"(run the same command again to resume)") from None
+            f"(run the same command again to resume)", status=error.status) from None
 
 
 def _has_a_model(directory: Path) -> bool:
