@@ -1,6 +1,7 @@
 """The OpenAI-style HTTP server, driven over real HTTP (urllib, http.client, raw sockets)."""
 import http.client
 import json
+import random
 import socket
 import threading
 import urllib.error
@@ -8,9 +9,11 @@ import urllib.request
 
 import _tiny_chat as tiny
 import pytest
+from test_chat_templates_hf import QWEN3_CHAIN, rigged_model
 
 from gpt.chat.engine import ChatEngine
-from gpt.chat.server import ChatServer, ServerStartError, start_background
+from gpt.chat.server import ChatServer, ReasoningSplitter, ServerStartError, start_background
+from gpt.chat.templates import TemplateOptions, split_thinking
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -342,3 +345,154 @@ def test_a_port_in_use_is_one_clear_error(server):
     host, port = server.server_address[:2]
     with pytest.raises(ServerStartError, match=f"{port} is already in use"):
         ChatServer(server.engine, host, port)
+
+
+# -- a reasoning model (Qwen3): thinking on or off, and its reasoning apart --------------------------
+#
+# The rigged tiny Qwen3 of tests/test_chat_templates_hf.py, with the real tokenizer: greedy, it
+# replies "<think>" "Hmm" "</think>" "Paris" <|im_end|> to a prompt that ends "assistant\n", and
+# "Paris" <|im_end|> to one that ends with the closed empty <think> block ("\n\n").
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    directory = rigged_model(tmp_path_factory.mktemp("qwen3"), "hf-qwen3-tiny", "qwen3", 151936,
+                             QWEN3_CHAIN)
+    return ChatEngine.from_checkpoint(directory)
+
+
+@pytest.fixture
+def qwen3_server(qwen3):
+    started = []
+
+    def start(**options):
+        server, thread = serve(qwen3, **options)
+        started.append((server, thread))
+        return server
+    yield start
+    for server, thread in started:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+QUESTION = {"messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 12,
+            "temperature": 0}
+
+
+def reply(body):
+    return body["choices"][0]["message"]
+
+
+def streamed(server, body):
+    """(reasoning, content) of a streamed chat reply, each the join of its deltas."""
+    status, text = request(server, "/v1/chat/completions", {**body, "stream": True})
+    assert status == 200
+    deltas = [e["choices"][0]["delta"] for e in events(text) if e["choices"]]
+    return ("".join(d.get("reasoning_content", "") for d in deltas),
+            "".join(d.get("content") or "" for d in deltas))
+
+
+def test_thinking_is_switched_off_per_request(qwen3_server, qwen3):
+    server = qwen3_server()
+    status, body = request(server, "/v1/chat/completions", QUESTION)
+    assert status == 200 and reply(body)["content"] == "<think>Hmm</think>Paris"
+    assert "reasoning_content" not in reply(body)
+    off = {**QUESTION, "chat_template_kwargs": {"enable_thinking": False}}
+    status, body = request(server, "/v1/chat/completions", off)
+    assert status == 200 and reply(body)["content"] == "Paris"
+    # The prompt is the template's with thinking off: it closes an empty <think> block.
+    closed = qwen3.template_ids(QUESTION["messages"], TemplateOptions(enable_thinking=False))
+    assert body["usage"]["prompt_tokens"] == len(closed) == \
+        len(qwen3.template_ids(QUESTION["messages"])) + 4          # <think> \n\n </think> \n\n
+    assert streamed(server, off) == ("", "Paris")
+    # {"enable_thinking": true}, or no kwargs at all: the server's own setting (on).
+    on = {**QUESTION, "chat_template_kwargs": {"enable_thinking": True}}
+    assert reply(request(server, "/v1/chat/completions", on)[1])["content"] == \
+        "<think>Hmm</think>Paris"
+
+
+def test_the_reasoning_comes_apart_from_the_answer(qwen3_server):
+    server = qwen3_server()
+    asked = {**QUESTION, "separate_reasoning": True}
+    status, body = request(server, "/v1/chat/completions", asked)
+    assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
+    assert reply(body) == {"role": "assistant", "content": "Paris", "reasoning_content": "Hmm"}
+    assert streamed(server, asked) == ("Hmm", "Paris")
+    # Thinking off: nothing to take apart.
+    quick = {**asked, "chat_template_kwargs": {"enable_thinking": False}}
+    assert reply(request(server, "/v1/chat/completions", quick)[1]) == {
+        "role": "assistant", "content": "Paris", "reasoning_content": None}
+    # A server started with separate_reasoning=True does it unless a request says otherwise.
+    separating = qwen3_server(separate_reasoning=True)
+    assert reply(request(separating, "/v1/chat/completions", QUESTION)[1])["reasoning_content"] \
+        == "Hmm"
+    assert streamed(separating, QUESTION) == ("Hmm", "Paris")
+    inline = {**QUESTION, "separate_reasoning": False}
+    assert reply(request(separating, "/v1/chat/completions", inline)[1]) == {
+        "role": "assistant", "content": "<think>Hmm</think>Paris"}
+
+
+def test_a_model_that_does_not_reason_keeps_its_text(server):
+    # The tiny character model's template has no thinking: "separate_reasoning" changes nothing.
+    body = {"messages": HELLO, "max_tokens": 8, "temperature": 0}
+    plain = reply(request(server, "/v1/chat/completions", body)[1])
+    assert reply(request(server, "/v1/chat/completions",
+                         {**body, "separate_reasoning": True})[1]) == plain
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ("off", "'chat_template_kwargs' must be an object"),
+    ({"enable_thinking": "no"}, "'chat_template_kwargs.enable_thinking' must be true or false"),
+    ({"thinking_budget": 10}, "'thinking_budget', which the templates here do not take; "
+                              "known: enable_thinking"),
+])
+def test_bad_template_kwargs_are_a_400(qwen3_server, kwargs, match):
+    status, body = request(qwen3_server(), "/v1/chat/completions",
+                           {**QUESTION, "chat_template_kwargs": kwargs})
+    assert status == 400 and match in body["error"]["message"]
+    assert body["error"]["param"].startswith("chat_template_kwargs")
+    status, body = request(qwen3_server(), "/v1/chat/completions",
+                           {**QUESTION, "separate_reasoning": "yes"})
+    assert status == 400 and body["error"]["param"] == "separate_reasoning"
+
+
+def test_unset_sampling_settings_are_the_checkpoints(qwen3_server, qwen3, monkeypatch):
+    # generation_config.json of Qwen3: temperature 0.6, top_k 20, top_p 0.95.
+    seen = []
+    generate = qwen3.generate
+
+    def recording(prompt_ids, params, *args, **kwargs):
+        seen.append(params)
+        return generate(prompt_ids, params, *args, **kwargs)
+    monkeypatch.setattr(qwen3, "generate", recording)
+    server = qwen3_server()
+    body = {"messages": QUESTION["messages"], "max_tokens": 4}
+    assert request(server, "/v1/chat/completions", body)[0] == 200
+    assert request(server, "/v1/completions", {"prompt": "Paris", "max_tokens": 2})[0] == 200
+    given = {**body, "temperature": 1.0, "top_p": 1.0, "top_k": 5}
+    assert request(server, "/v1/chat/completions", given)[0] == 200
+    chosen = [(p.temperature, p.top_k, p.top_p) for p in seen]
+    assert chosen == [(0.6, 20, 0.95), (0.6, 20, 0.95), (1.0, 5, None)]
+
+
+def test_the_splitter_gives_what_split_thinking_gives_in_any_pieces():
+    texts = ["<think>\nHmm.\n</think>\n\nParis.", "  <think>a</think>b", "<think>\n\n</think>\n\nx",
+             "<think>\nstill\n\n", "<think>a\n</thi", "Plain answer", "\n\nPlain", "<thi",
+             "<b>bold</b>", "", "\n", "<think></think>", "<think>x</think>\n\n\n", "< think>",
+             "<think>a</think>b</think>c", "<think>\n1\n\n2\n</think>\n\n3\n\n4\n"]
+    rng = random.Random(0)
+    for text in texts:
+        reasoning, answer, _ = split_thinking(text)
+        for _ in range(30):
+            cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 6)))) \
+                if len(text) > 1 else []
+            pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+            splitter, got = ReasoningSplitter(), {"reasoning": "", "content": ""}
+            for piece in pieces:
+                for kind, part in splitter.feed(piece):
+                    assert part
+                    got[kind] += part
+            for kind, part in splitter.finish():
+                got[kind] += part
+            assert (got["reasoning"], got["content"]) == (reasoning or "", answer), pieces

@@ -9,6 +9,18 @@ Both POST routes take "stream": true and then answer with server-sent events: on
 `data: {json}` line per piece of text, as soon as it is generated, and `data: [DONE]` at the end.
 Existing OpenAI clients work unchanged when pointed at http://127.0.0.1:8000/v1.
 
+Sampling settings a request leaves out (temperature, top_p, top_k) are the checkpoint's own,
+from its generation_config.json (`ChatEngine.sampling_defaults`), else OpenAI's defaults.
+
+Reasoning models (Qwen3) write their thinking first, between <think> and </think>. Two request
+fields, as vLLM and SGLang take them:
+- "chat_template_kwargs": {"enable_thinking": false} switches the thinking off for this request
+  (the prompt closes an empty <think> block, and the model answers at once);
+- "separate_reasoning": true returns the thinking apart from the answer, as `reasoning_content`
+  beside `content` in the message, and in the stream's deltas (`ReasoningSplitter`); the content
+  is then the answer alone. Without it the reply is the text as written, <think> block and all,
+  unless the server was started with `separate_reasoning=True`, which makes that the default.
+
 How requests share one model: each connection gets a thread (ThreadingHTTPServer), but only one
 generation runs at a time (`ChatEngine.turn()`); the others wait their turn, and beyond a queue
 limit are told 429. Bad input never reaches the model: every field is checked first and answered
@@ -26,14 +38,14 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 from gpt.chat.engine import ChatEngine, EngineBusy, Generation, PromptTooLong
-from gpt.chat.templates import ChatError, check_messages
+from gpt.chat.templates import ChatError, TemplateOptions, check_messages, split_thinking
 from gpt.core.generate import MAX_NEW_TOKENS, SamplingParams
 from gpt.errors import GPTError
 
@@ -113,6 +125,31 @@ def _stop_strings(body: dict) -> tuple[str, ...]:
     return tuple(s for s in value if s)
 
 
+# What "chat_template_kwargs" may hold: the settings of gpt.chat.templates.TemplateOptions.
+TEMPLATE_KWARGS = ("enable_thinking",)
+
+
+def _template_options(body: dict, defaults: TemplateOptions) -> TemplateOptions:
+    """The server's template options with the request's "chat_template_kwargs" applied."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return defaults
+    if not isinstance(kwargs, dict):
+        raise _field_error("chat_template_kwargs", "an object", kwargs)
+    unknown = sorted(set(kwargs) - set(TEMPLATE_KWARGS))
+    if unknown:
+        raise ApiError(400, f"'chat_template_kwargs' has {', '.join(map(repr, unknown))}, which "
+                            f"the templates here do not take; known: "
+                            f"{', '.join(TEMPLATE_KWARGS)}", "chat_template_kwargs",
+                       "invalid_value")
+    thinking = kwargs.get("enable_thinking")
+    if thinking is None:
+        return defaults
+    if not isinstance(thinking, bool):
+        raise _field_error("chat_template_kwargs.enable_thinking", "true or false", thinking)
+    return replace(defaults, enable_thinking=thinking)
+
+
 @dataclass
 class Job:
     """A checked request, ready for the model."""
@@ -123,6 +160,78 @@ class Job:
     stream: bool
     include_usage: bool
     echo: str = ""                     # completions with "echo": the prompt text comes first
+    separate_reasoning: bool = False   # chat: <think>...</think> as reasoning_content
+
+
+class ReasoningSplitter:
+    """Takes a reply apart as it streams: the reasoning of a leading <think>...</think> block,
+    and the answer after it. `feed(piece)` and, at the end, `finish()` return what can be
+    given out so far, as ("reasoning" | "content", text) pairs.
+
+    The pieces of each kind add up to what `split_thinking` makes of the whole text: the
+    reasoning without the newlines around it, the answer without those that start it; a reply
+    that does not open with <think> is all answer, as written. So text is held back while it
+    might still change that: the start of a reply that could become "<think>", the end of
+    the reasoning that could become "</think>", newlines that may turn out to be the last
+    ones before it.
+    """
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self._state = "start"          # start -> reasoning -> answer, or start -> plain
+        self._held = ""                # text received but not given out yet
+        self._reasoning_given = False  # leading newlines of the reasoning are dropped until then
+        self._answer_given = False     # likewise for the answer after </think>
+
+    def feed(self, piece: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        text = self._held + piece
+        self._held = ""
+        if self._state == "start":
+            stripped = text.lstrip()
+            if stripped.startswith(self.OPEN):
+                self._state, text = "reasoning", stripped[len(self.OPEN):]
+            elif not stripped or self.OPEN.startswith(stripped):
+                self._held = text                 # may still become <think>
+                return out
+            else:
+                self._state = "plain"
+        if self._state == "reasoning":
+            closing = text.find(self.CLOSE)
+            if closing < 0:
+                # Hold a tail that may be the start of </think>, and the newlines before it.
+                keep = next((n for n in range(len(self.CLOSE) - 1, 0, -1)
+                             if text.endswith(self.CLOSE[:n])), 0)
+                safe, tail = text[:len(text) - keep], text[len(text) - keep:]
+                given = safe.rstrip("\n")
+                self._held = safe[len(given):] + tail
+                self._give_reasoning(given, out)
+                return out
+            self._give_reasoning(text[:closing].rstrip("\n"), out)
+            self._state, text = "answer", text[closing + len(self.CLOSE):]
+        if self._state == "answer" and not self._answer_given:
+            text = text.lstrip("\n")
+            self._answer_given = bool(text)
+        if text:
+            out.append(("content", text))
+        return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        """What was held back, once the reply is over."""
+        out: list[tuple[str, str]] = []
+        held, self._held = self._held, ""
+        if self._state == "reasoning":           # never closed: all of it was reasoning
+            self._give_reasoning(held.rstrip("\n"), out)
+        elif held:
+            out.append(("content", held))         # "<thi", or blank: not a <think> block
+        return out
+
+    def _give_reasoning(self, text: str, out: list[tuple[str, str]]) -> None:
+        if not self._reasoning_given:
+            text = text.lstrip("\n")
+        if text:
+            self._reasoning_given = True
+            out.append(("reasoning", text))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,8 +256,12 @@ class ChatServer(ThreadingHTTPServer):
 
     def __init__(self, engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000,
                  max_body_bytes: int = MAX_BODY_BYTES, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-                 default_max_tokens: int = 256, log: bool = False):
+                 default_max_tokens: int = 256, log: bool = False,
+                 separate_reasoning: bool = False):
         self.engine = engine
+        # A reasoning model's chat replies: thinking as reasoning_content, unless a request
+        # says otherwise with "separate_reasoning".
+        self.separate_reasoning = separate_reasoning
         self.max_body_bytes = max_body_bytes
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = min(default_max_tokens, max_tokens_limit)
@@ -266,7 +379,7 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         engine = self.server.engine
         return {"id": engine.name, "object": "model", "created": engine.created,
                 "owned_by": "deep-understanding", "context_length": engine.context_length,
-                "chat_template": engine.template.name}
+                "chat_template": engine.template.name, "reasoning": engine.template.thinking}
 
     # -- reading requests ----------------------------------------------------------------------
 
@@ -319,7 +432,8 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
             length -= len(chunk)
 
     def _common(self, body: dict, default_max_tokens: int) -> tuple[SamplingParams, dict]:
-        """The sampling fields both routes share, checked."""
+        """The sampling fields both routes share, checked. Those left out are the checkpoint's
+        recommendation (generation_config.json), else OpenAI's defaults."""
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise _field_error("model", "a string", model)
@@ -333,12 +447,15 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         limit = self.server.max_tokens_limit
         max_tokens = _integer(body, "max_completion_tokens", None, 1, limit)
         max_tokens = _integer(body, "max_tokens", max_tokens or default_max_tokens, 1, limit)
-        top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+        checkpoint = self.server.engine.sampling_defaults
+        top_p = _number(body, "top_p", checkpoint.get("top_p", 1.0), 0.0, 1.0, low_open=True)
         seed = _integer(body, "seed", None, -(1 << 63), (1 << 63) - 1)
         params = SamplingParams(
             max_new_tokens=max_tokens,
-            temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-            top_k=_integer(body, "top_k", None, 1, 1 << 30),          # not OpenAI's; common
+            temperature=_number(body, "temperature", checkpoint.get("temperature", 1.0),
+                                0.0, 2.0),
+            # not OpenAI's, but common; a checkpoint's top_k of 0 means none, as in transformers
+            top_k=_integer(body, "top_k", int(checkpoint.get("top_k", 0)) or None, 1, 1 << 30),
             top_p=None if top_p == 1.0 else top_p,
             repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0,
                                        low_open=True),
@@ -359,13 +476,16 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         if "messages" not in body:
             raise ApiError(400, "'messages' is required: a list of {\"role\", \"content\"}",
                            "messages", "missing_field")
+        options = _template_options(body, engine.options)
+        separate = _boolean(body, "separate_reasoning", self.server.separate_reasoning)
         try:
             messages = check_messages(body["messages"])
-            ids, _ = engine.chat_prompt(messages, params.max_new_tokens)
+            ids, _ = engine.chat_prompt(messages, params.max_new_tokens, options)
         except ChatError as error:
             raise _chat_error(error, "messages") from None
         return Job("chat", ids, params, stops + engine.template.stop_strings,
-                   flags["stream"], flags["include_usage"])
+                   flags["stream"], flags["include_usage"],
+                   separate_reasoning=separate and engine.template.thinking)
 
     def _parse_completion(self, body: dict) -> Job:
         engine = self.server.engine
@@ -434,9 +554,13 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
     def _whole_response(self, job: Job, generation: Generation, text: str) -> dict[str, Any]:
         usage = _usage(generation)
         if job.kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if job.separate_reasoning:
+                reasoning, message["content"], _ = split_thinking(text)
+                message["reasoning_content"] = reasoning or None
             return {"id": _new_id("chatcmpl"), "object": "chat.completion",
                     "created": int(time.time()), "model": self.server.engine.name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                    "choices": [{"index": 0, "message": message,
                                  "logprobs": None, "finish_reason": generation.finish_reason}],
                     "usage": usage}
         return {"id": _new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
@@ -451,11 +575,12 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
         base = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": created, "model": self.server.engine.name}
 
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        def chunk(text: str | None, finish: str | None, role: bool = False,
+                  kind: str = "content") -> dict[str, Any]:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant"} if role else {}
                 if text is not None:
-                    delta["content"] = text
+                    delta["reasoning_content" if kind == "reasoning" else "content"] = text
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text or "", "logprobs": None,
@@ -477,10 +602,14 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
                 self._event(chunk("", None, role=True))
             if job.echo:
                 self._event(chunk(job.echo, None))
+            splitter = ReasoningSplitter() if job.separate_reasoning else None
             for piece in generation:
-                self._event(chunk(piece, None))
+                for kind, text in splitter.feed(piece) if splitter else [("content", piece)]:
+                    self._event(chunk(text, None, kind=kind))
             if generation.finish_reason == "cancelled":
                 raise ConnectionResetError("client went away")
+            for kind, text in splitter.finish() if splitter else []:
+                self._event(chunk(text, None, kind=kind))
             self._event(chunk(None, generation.finish_reason))
             if job.include_usage:
                 self._event({**base, "choices": [], "usage": _usage(generation)})
@@ -570,7 +699,8 @@ def _index_html() -> bytes:
 
 
 def serve(engine: ChatEngine, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
-    """Run the server until Ctrl-C, printing where to find it."""
+    """Run the server until Ctrl-C, printing where to find it. `options` go to ChatServer
+    (default_max_tokens, log, separate_reasoning, the limits)."""
     server = ChatServer(engine, host, port, **options)
     print(f"serving {engine.name} ({engine.template.name} template, context "
           f"{engine.context_length}) at {server.url}/  (OpenAI API at {server.url}/v1; "
