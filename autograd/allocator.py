@@ -3,9 +3,9 @@
 Every op returns a new array, so one training step allocates and frees hundreds of arrays of
 the same few sizes. glibc's malloc gives a large block straight back to the operating system
 when it is freed (an `munmap`, or a trim of the heap's top), so the next step's array of the
-same size is fresh memory again, and the first write to each 4 KiB page is a page fault. We
-measured about 11,000 page faults per step of the small Shakespeare model: 44 MB of memory
-zeroed by the kernel per step, 10-15 % of the step's time.
+same size is fresh memory again, and the first write to each 4 KiB page is a page fault: the
+kernel zeroes tens of megabytes per step of even a small model, a sizeable share of the step's
+time (benchmarks/RESULTS.md has the measured figures).
 
 Raising two thresholds makes malloc keep those blocks and reuse them: blocks up to
 `MMAP_THRESHOLD` come from the heap instead of their own mapping, and the heap's free top is
