@@ -413,8 +413,12 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32,
 
 
 def save_checkpoint(directory: str | os.PathLike, model: GPT, tokenizer=None,
-                    optimizer_state: dict | None = None, train_state: dict | None = None) -> Path:
+                    optimizer_state: dict | None = None, train_state: dict | None = None,
+                    add_files: Callable[[Path], None] | None = None) -> Path:
     """Write a full checkpoint into `directory`, atomically replacing any previous one.
+
+    `add_files(staging)` may add or edit files of the checkpoint before it is marked complete
+    (fine-tuning keeps its source's tokenizer files there: gpt.finetune.common.save_model).
 
     A write that fails (a full disk, a read-only directory) is a CheckpointError that says
     whether the previous checkpoint is intact, and leaves no staging directory behind.
@@ -430,6 +434,8 @@ def save_checkpoint(directory: str | os.PathLike, model: GPT, tokenizer=None,
                 np.savez(f, __structure__=np.array(json.dumps(structure)), **arrays)
         if train_state is not None:
             _write_json(staging / STATE_FILE, train_state)
+        if add_files is not None:
+            add_files(staging)
 
     return _write_checkpoint(directory, write)
 
@@ -699,14 +705,19 @@ def load_training_state(directory: str | os.PathLike) -> tuple[dict | None, dict
 def read_settings_file(path: str | os.PathLike, settings_class: type) -> dict[str, Any]:
     """The values of a run's settings.json, checked against the dataclass `settings_class`.
 
-    Every field must be there, no other key, and each value of its field's type (an int
-    passes for a float); anything else is a CheckpointError naming the file and the problem.
+    No key the class lacks, every field without a default present, and each value of its
+    field's type (an int passes for a float); anything else is a CheckpointError naming the file
+    and the problem. A field with a default that the file lacks (a run saved before that setting
+    existed) takes its default.
     """
     path = Path(path)
     values = _read_json_object(path)
     hints = typing.get_type_hints(settings_class)
-    names = [field.name for field in dataclasses.fields(settings_class)]
-    problems = _key_problems(values, names, names)
+    fields = dataclasses.fields(settings_class)
+    names = [field.name for field in fields]
+    required = [field.name for field in fields if field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING]
+    problems = _key_problems(values, required, names)
     for name in names:
         if name in values and (what := _type_problem(hints[name], values[name])) is not None:
             problems.append(f"{name!r} must be {what}, got {json.dumps(values[name])}")
