@@ -8,7 +8,9 @@
     python train.py instruct --init runs/X            #            instruction following
     python train.py dpo --init runs/Y                 #            preference tuning
 
-All the logic lives in the gpt package (gpt.train.pretrain); this file only reads the command line.
+All the logic lives in the gpt package (gpt.train.pretrain, whose loop is gpt.train.loop); this
+file only reads the command line. A training script of one page to read first:
+examples/train_shakespeare.py.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 
+from autograd.allocator import keep_freed_memory
 from gpt.cli import fail_cleanly
 from gpt.finetune.cli import main as finetune_main
 from gpt.finetune.common import TASKS as FINETUNE_TASKS
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_memory()         # malloc keeps the step's freed arrays for the next step
     if argv and argv[0] in FINETUNE_TASKS:
         return finetune_main(argv)
     args = vars(build_parser().parse_args(argv))

@@ -27,7 +27,7 @@ from gpt.finetune.instruct import (RESPONSES_FILE, collate_instruct, format_inpu
                                    load_records, split_records)
 from gpt.finetune.lora import LoRALinear, apply_lora, lora_parameters, merge_lora, merged_state_dict
 from gpt.io.checkpoint import CheckpointError, save_checkpoint
-from gpt.train.pretrain import TrainingError
+from gpt.train.loop import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=29, block_size=12, n_layer=2, n_head=2, n_embd=8)

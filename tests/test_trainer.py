@@ -20,9 +20,9 @@ from autograd.parallel import DataParallel
 from gpt import GPT, GPTConfig, load_pretrained
 from gpt.data.corpora import DataError
 from gpt.io.checkpoint import CheckpointError, load_training_state
-from gpt.train.loop import (DROPOUT, LoopConfig, MetricsLog, Task, backward_batches, step_rng,
-                            train_loop)
-from gpt.train.pretrain import TrainingError, TrainSettings, prepare_run, train
+from gpt.train.loop import (DROPOUT, LoopConfig, MetricsLog, Task, TrainingError,
+                            backward_batches, step_rng, train_loop)
+from gpt.train.pretrain import TrainSettings, prepare_run, train
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "".join(f"The {w} sat on the mat number {i}. It was a {w} day.\n"

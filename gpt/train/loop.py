@@ -177,10 +177,11 @@ def backward_batches(parallel: DataParallel | None, loss_fn: Callable, batches: 
     """Forward and backward of one step's micro-batches.
 
     The gradients add up in the parameters' `.grad` as those of the mean loss over all the
-    step's rows: every micro-batch weighs the same and, when `parallel` has several threads,
-    each micro-batch is cut into one shard per thread that weighs by its number of rows.
-    Shard i of micro-batch m draws its dropout masks from step_rng(seed, step, DROPOUT, m, i);
-    one thread is the plain path, the one shard 0 of each micro-batch.
+    step's rows: every micro-batch weighs the same. With one thread (`parallel` None, or of
+    one thread) each micro-batch is run whole, here: the plain loop. With several, each
+    micro-batch is cut into one shard per thread, weighing by its number of rows. Shard i of
+    micro-batch m draws its dropout masks from step_rng(seed, step, DROPOUT, m, i); a whole
+    micro-batch is shard 0.
     """
     weight = 1.0 / len(batches)
     loss_total, tokens, numbers = 0.0, 0, {}

@@ -328,7 +328,7 @@ def train(run: Run) -> dict:
         return [run.data.get_batch("train", s.batch_size, block, rng)
                 for _ in range(s.grad_accum)]
 
-    def checkpoint(step: int, losses: dict[str, float]) -> str:
+    def checkpoint_and_sample(step: int, losses: dict[str, float]) -> str:
         run.step = step
         improved = losses["val_loss"] < run.best_val
         if improved:
@@ -346,9 +346,9 @@ def train(run: Run) -> dict:
         def evaluate(step: int) -> dict[str, float]:
             return estimate_loss(model, run.data, s.batch_size, s.eval_iters, s.seed, parallel,
                                  token_bytes)
-        result = train_loop(model, run.optimizer, Task(batches, model.loss, evaluate, checkpoint),
-                            config, run.metrics, start_step=run.step, parallel=parallel,
-                            log=run.log)
+        task = Task(batches, model.loss, evaluate, checkpoint_and_sample)
+        result = train_loop(model, run.optimizer, task, config, run.metrics,
+                            start_step=run.step, parallel=parallel, log=run.log)
     run.step = result.steps
     final = result.final
     summary = {"step": run.step, "train_loss": final["train_loss"],
