@@ -41,8 +41,6 @@ from gpt.train.evaluate import bits_per_byte, token_byte_lengths
 from gpt.train.loop import (BATCHES, METRICS_FILE, SETTINGS_FILE, TRAIN_EVAL, VAL_EVAL,
                             LoopConfig, MetricsLog, Task, TrainingError, create_run_directory,
                             step_rng, train_loop, training_threads)
-# benchmarks/train.py times a step through this name (its home is gpt.train.loop).
-from gpt.train.loop import backward_batches  # noqa: F401
 
 
 @dataclass
