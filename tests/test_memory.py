@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gpt import GPT, GPTConfig
+from gpt import GPT, GPTConfig, load_pretrained, save_pretrained
 from gpt.core.memory import (GiB, MemoryEstimateError, available_bytes, check_fits,
                              kv_cache_estimate, training_estimate, weights_estimate)
 
@@ -45,3 +45,12 @@ def test_kv_cache_and_available_memory():
     assert kv_cache_estimate(2, 1, 4, 100, 16).total == 2 * 2 * 4 * 100 * 16 * 4
     free = available_bytes()
     assert free is None or free > 0
+
+
+def test_a_checkpoint_too_big_for_the_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    save_pretrained(GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1,
+                                  n_embd=8)), tmp_path)
+    monkeypatch.setattr("gpt.core.memory.available_bytes", lambda: 1000)
+    with pytest.raises(MemoryEstimateError, match="the model needs about .* only 0 MiB is "
+                                                  "available: .* too big for this machine"):
+        load_pretrained(tmp_path)

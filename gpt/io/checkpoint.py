@@ -44,12 +44,13 @@ from bpe.gpt2 import find_gpt2_files, gpt2_files_problem, save_gpt2_files
 from bpe.huggingface import load_hf_tokenizer
 from gpt.core.config import GPTConfig
 from gpt.core.llama import Llama, LlamaConfig
+from gpt.core.memory import check_fits, weights_estimate
 from gpt.core.model import GPT
 from gpt.errors import GPTError
 from gpt.io.files import atomic_write, default_model_dir
 from gpt.io.hf_llama import (LLAMA_MODEL_TYPES, is_llama_config, llama_config_from_hf,
-                              llama_config_to_hf, llama_hf_state_dict, llama_weights_from_hf,
-                              to_our_layout)
+                             llama_config_to_hf, llama_hf_state_dict, llama_weights_from_hf,
+                             to_our_layout)
 from gpt.io.safetensors import SafetensorsError, load_file, load_sharded, save_file
 
 CONFIG_FILE = "config.json"
@@ -376,6 +377,8 @@ def load_pretrained(path: str | os.PathLike, dtype=np.float32,
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{directory}: cannot apply {config_overrides}: "
                                   f"{error}") from None
+    check_fits(weights_estimate(config.num_parameters()),
+               f"{directory} holds a model too big for this machine's memory")
     llama = isinstance(config, LlamaConfig)
     transform = to_our_layout if llama else None
     try:
