@@ -32,6 +32,11 @@ of test accuracy (see the README's figures).
 A classifier checkpoint is an ordinary GPT checkpoint directory (gpt.load_pretrained opens it)
 plus `classifier.safetensors`: the head (`classifier.weight` (C, n_classes), `classifier.bias`)
 with the labels and the length limit in its metadata.
+
+A Llama-family model (Llama 3, SmolLM2, Qwen3) classifies the same way: its hidden state after
+the final RMSNorm has n_embd channels too, "last-K" trains its last K blocks and that norm, and
+LoRA adapts its attention and MLP projections. Llama 3's tokenizer has no end-of-text token;
+the padding is then token 0, which no position before it can see.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from autograd import Tensor, no_grad
 from autograd import functional as F
 from autograd.nn import Linear, Module
 from gpt.cli import fail_cleanly
+from gpt.core.llama import Llama
 from gpt.core.model import GPT
 from gpt.data.corpora import DATASETS, DataError, fetch
 from gpt.finetune.common import (FinetuneSettings, add_lora, count_parameters, evaluate_batches,
@@ -168,13 +174,22 @@ def last_token_states(hidden: Tensor, lengths: np.ndarray) -> Tensor:
     return hidden[np.arange(hidden.shape[0]), np.asarray(lengths) - 1]
 
 
-class GPTClassifier(Module):
-    """A GPT body and a linear head on the hidden state of each sequence's last real token."""
+def pad_id(tokenizer) -> int:
+    """What messages are padded with: end-of-text, or token 0 for a tokenizer without it
+    (padding sits after a message's last token, which causal attention keeps from seeing it)."""
+    return tokenizer.eot_id if tokenizer.eot_id is not None else 0
 
-    def __init__(self, gpt: GPT, n_classes: int = 2, rng: np.random.Generator | None = None):
+
+class GPTClassifier(Module):
+    """A GPT (or Llama-family) body and a linear head on the hidden state of each sequence's
+    last real token."""
+
+    def __init__(self, gpt: GPT | Llama, n_classes: int = 2,
+                 rng: np.random.Generator | None = None):
         super().__init__()
         self.gpt = gpt
-        self.head = Linear(gpt.config.n_embd, n_classes, rng=rng, dtype=gpt.wte.weight.dtype)
+        embedding = gpt.embed_tokens if isinstance(gpt, Llama) else gpt.wte
+        self.head = Linear(gpt.config.n_embd, n_classes, rng=rng, dtype=embedding.weight.dtype)
 
     def forward(self, ids, lengths) -> Tensor:
         """ids (B, T) padded on the right, lengths (B,) of the real tokens -> logits (B, n)."""
@@ -232,7 +247,7 @@ def classify_texts(classifier: GPTClassifier, tokenizer, texts: Sequence[str],
     classifier.eval()
     try:
         ids, lengths = collate_classification(
-            encode_messages(tokenizer, texts, max_length), tokenizer.eot_id)
+            encode_messages(tokenizer, texts, max_length), pad_id(tokenizer))
         logits = classifier(ids, lengths).data.astype(np.float64)
     finally:
         classifier.train(was_training)
@@ -249,7 +264,7 @@ def run_classify(settings: FinetuneSettings, log: Callable[[str], None] = print)
     """`python train.py classify`: fine-tune, report accuracy on the three splits, save."""
     gpt, tokenizer, init_dir = load_base(settings)
     splits = balance_and_split(load_sms(settings.data, settings.data_dir), settings.seed)
-    pad = tokenizer.eot_id
+    pad = pad_id(tokenizer)
     block = gpt.config.block_size
     train_ids = encode_messages(tokenizer, [t for t, _ in splits["train"]], block)
     max_length = min(settings.max_length or block, block, max(len(r) for r in train_ids))
@@ -300,7 +315,8 @@ def run_classify(settings: FinetuneSettings, log: Callable[[str], None] = print)
                **{f"{split}_loss": round(m["loss"], 4) for split, m in final.items()},
                "split_sizes": {k: len(v) for k, v in splits.items()}, "max_length": max_length}
     checkpoint = save_model(directory, gpt, tokenizer,
-                            {"task": "classify", "step": result.steps, "results": results})
+                            {"task": "classify", "step": result.steps, "results": results},
+                            source=init_dir)
     save_head(checkpoint, classifier, LABELS, max_length)
     write_results(directory, results)
     log("accuracy: " + ", ".join(f"{split} {100 * m['accuracy']:.2f} %"

@@ -20,6 +20,12 @@ holds the rest, the same for all four:
   checkpoint is an ordinary GPT directory that `gpt.load_pretrained`, `chat.py` and
   `python train.py --init` all open.
 
+Both model families fine-tune: GPT-2 (gpt.core.model) and the Llama family (gpt.core.llama:
+Llama 3, SmolLM2, Qwen3, from Hugging Face or trained here). For the latter LoRA adapts the
+attention and MLP projections (`Llama.lora_targets`), and a checkpoint fine-tuned from a
+Hugging Face directory keeps that directory's tokenizer files, chat template, generation
+settings and special token ids (`SOURCE_FILES`), so that it chats and exports as its source does.
+
 A fine-tuning run directory holds settings.json, metrics.jsonl, loss.png, results.json (the
 final evaluation) and the checkpoint `latest/`, plus what the task adds (the classifier head,
 the test-split responses).
@@ -33,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +52,13 @@ from autograd import Tensor, no_grad
 from autograd.nn import Module
 from autograd.optim import AdamW, decay_groups
 from autograd.parallel import DataParallel
+from gpt.chat.templates import read_generation_config
+from gpt.core.llama import Llama
 from gpt.core.model import GPT
 from gpt.finetune.lora import LoRALinear, apply_lora, merge_lora
-from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, resolve_checkpoint,
-                               save_checkpoint)
+from gpt.io.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, load_pretrained, load_tokenizer_from,
+                               resolve_checkpoint, save_checkpoint)
+from gpt.io.files import atomic_write
 from gpt.train.loop import (METRICS_FILE, LoopConfig, LoopResult, MetricsLog, Task,
                             TrainingError, create_run_directory, step_rng, train_loop)
 
@@ -64,6 +74,14 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 TASKS = tuple(TASK_DEFAULTS)      # python train.py classify|instruct|dpo|chat
 IGNORE_INDEX = -100          # the target value F.cross_entropy skips
+# What a checkpoint fine-tuned from a Hugging Face directory keeps of it (those it has): the
+# tokenizer's files, the chat template, the recommended generation settings (stop tokens).
+SOURCE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                "chat_template.jinja", "chat_template.json", "generation_config.json")
+# ...and the special token ids of its config.json (or, where that has none, of its
+# generation_config.json).
+SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -161,30 +179,39 @@ def parse_trainable(spec: str) -> tuple[str, int]:
 # The model
 
 
-def load_base(settings: FinetuneSettings) -> tuple[GPT, Any, Path]:
-    """The pretrained GPT, its tokenizer and the checkpoint directory they came from.
+def load_base(settings: FinetuneSettings) -> tuple[GPT | Llama, Any, Path]:
+    """The pretrained model, its tokenizer and the checkpoint directory they came from.
 
-    Fine-tuning pads with the end-of-text token and teaches the model to end with it, so the
-    tokenizer must have one.
+    Fine-tuning a GPT pads with the end-of-text token and teaches the model to end with it,
+    so its tokenizer must have one. A Llama-family model ends its replies with its chat
+    template's end-of-turn token instead (Llama 3's tokenizer has no <|endoftext|>).
     """
     directory = resolve_checkpoint(settings.init)
     tokenizer = load_tokenizer_from(directory)
     if tokenizer is None:
         raise TrainingError(f"--init {settings.init}: {directory} has no tokenizer files; "
                             f"fine-tuning needs the tokenizer the model was trained with")
-    if getattr(tokenizer, "eot_id", None) is None:
+    model = load_pretrained(directory, dropout=settings.dropout)
+    if getattr(tokenizer, "eot_id", None) is None and not isinstance(model, Llama):
         raise TrainingError(f"the tokenizer of {directory} has no <|endoftext|> token, which "
                             f"fine-tuning uses for padding and to end responses")
-    model = load_pretrained(directory, dropout=settings.dropout)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"{directory}: the model's vocabulary ({model.config.vocab_size}) "
                             f"is smaller than its tokenizer's ({tokenizer.vocab_size})")
     return model, tokenizer, directory
 
 
-def select_trainable(model: GPT, mode: str, last_k: int = 0) -> None:
+def blocks_and_final_norm(model: GPT | Llama) -> tuple[list[Module], Module]:
+    """The transformer blocks of a model, first to last, and the norm after them: GPT-2's `h`
+    and `ln_f`, the Llama family's `layers` and `norm`."""
+    if isinstance(model, Llama):
+        return list(model.layers), model.norm
+    return list(model.h), model.ln_f
+
+
+def select_trainable(model: GPT | Llama, mode: str, last_k: int = 0) -> None:
     """Freeze all of `model` but what `mode` trains: "all"; "last" the last `last_k` blocks
-    plus the final LayerNorm (chapter 6's choice: the last block adapts most easily, the early
+    plus the final norm (chapter 6's choice: the last block adapts most easily, the early
     ones hold general features of language that a small labelled set should not overwrite)."""
     if mode == "all":
         model.requires_grad_(True)
@@ -192,12 +219,13 @@ def select_trainable(model: GPT, mode: str, last_k: int = 0) -> None:
     if mode != "last":
         raise ValueError(f"select_trainable: unknown mode {mode!r}")
     model.requires_grad_(False)
-    if last_k > len(model.h):
-        raise TrainingError(f"--trainable last-{last_k}: the model has only {len(model.h)} "
+    blocks, final_norm = blocks_and_final_norm(model)
+    if last_k > len(blocks):
+        raise TrainingError(f"--trainable last-{last_k}: the model has only {len(blocks)} "
                             f"blocks")
-    for block in list(model.h)[len(model.h) - last_k:]:
+    for block in blocks[len(blocks) - last_k:]:
         block.requires_grad_(True)
-    model.ln_f.requires_grad_(True)
+    final_norm.requires_grad_(True)
 
 
 def add_lora(model: GPT, settings: FinetuneSettings) -> list[str]:
@@ -236,9 +264,37 @@ def export_gpt(model: GPT) -> GPT:
     return model
 
 
-def save_model(directory: Path, model: GPT, tokenizer, train_state: dict) -> Path:
-    """Merge any LoRA adapters and write `directory`/latest as an ordinary GPT checkpoint."""
-    return save_checkpoint(directory / "latest", export_gpt(model), tokenizer, None, train_state)
+def save_model(directory: Path, model: GPT | Llama, tokenizer, train_state: dict,
+               source: Path | None = None) -> Path:
+    """Merge any LoRA adapters and write `directory`/latest as an ordinary checkpoint.
+
+    A Llama-family model fine-tuned from `source`, a Hugging Face directory, keeps that
+    directory's files: the tokenizer's as they are (rather than our tokenizer.du.json, so the
+    checkpoint stays in Hugging Face's layout), its chat template, generation_config.json (stop
+    tokens, sampling), and the special token ids of its config.json (else of its
+    generation_config.json). Llama 3's tokenizer, for one, has no <|endoftext|>, which is what
+    a config.json of ours would otherwise name.
+    """
+    model = export_gpt(model)
+    if source is None or not isinstance(model, Llama):
+        return save_checkpoint(directory / "latest", model, tokenizer, None, train_state)
+    kept = [source / name for name in SOURCE_FILES if (source / name).is_file()]
+    hf_tokenizer = not (source / TOKENIZER_FILE).is_file()
+    special_ids = {}
+    for values in (read_generation_config(source),                 # config.json's win
+                   json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))):
+        special_ids.update({key: values[key] for key in SPECIAL_ID_KEYS if key in values})
+
+    def keep_source_files(staging: Path) -> None:
+        for path in kept:
+            with open(path, "rb") as f, atomic_write(staging / path.name) as copy:
+                shutil.copyfileobj(f, copy)
+        config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
+        with atomic_write(staging / CONFIG_FILE) as f:
+            f.write((json.dumps({**config, **special_ids}, indent=2) + "\n").encode("utf-8"))
+
+    return save_checkpoint(directory / "latest", model, None if hf_tokenizer else tokenizer,
+                           None, train_state, add_files=keep_source_files)
 
 
 # ----------------------------------------------------------------------------------------------

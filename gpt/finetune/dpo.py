@@ -25,7 +25,9 @@ the fraction of records whose margin is positive.
 log pi(y|x) here is the *mean* log-probability per token of the answer given the prompt (the
 book's `compute_logprobs`; the paper sums over tokens). Only the answer's tokens count: the
 prompt and the padding are masked with -100 and ignored. Each answer ends with the
-end-of-text token, so the preference covers where to stop too.
+end-of-text token, so the preference covers where to stop too. A chat model (Qwen3, Llama 3,
+SmolLM2) is shown the records in its own chat template instead, each answer ending with the
+template's end-of-turn token, as instruction fine-tuning does (gpt.finetune.instruct.PromptFormat).
 
 The reference never changes, so its log-probabilities are computed once, before training, for
 every record: each step then needs one forward and backward pass of the policy over the chosen
@@ -47,12 +49,12 @@ import numpy as np
 
 from autograd import Tensor, no_grad
 from autograd import functional as F
-from gpt.core.model import GPT
+from autograd.nn import Module
 from gpt.data.corpora import DataError
 from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
                                  pad_rows, run_summary, save_model, start_run, write_results)
-from gpt.finetune.instruct import (RESPONSES_FILE, answer_test_split, format_prompt, load_records,
-                                   split_records)
+from gpt.finetune.instruct import (RESPONSES_FILE, PromptFormat, answer_test_split, load_records,
+                                   prompt_format_for, split_records)
 
 REQUIRED_FIELDS = ("instruction", "chosen", "rejected")
 
@@ -62,13 +64,14 @@ def load_preference_records(source: str, data_dir: str | None = None) -> list[di
     return load_records(source, data_dir, required=REQUIRED_FIELDS, optional=("input",))
 
 
-def encode_preference(tokenizer, entry: dict) -> tuple[list[int], list[int], list[int]]:
-    """(prompt ids, chosen answer ids + end-of-text, rejected answer ids + end-of-text)."""
-    eot = tokenizer.eot_id
-    prompt = tokenizer.encode(format_prompt(entry), allowed_special="none")
-    chosen = tokenizer.encode(entry["chosen"], allowed_special="none") + [eot]
-    rejected = tokenizer.encode(entry["rejected"], allowed_special="none") + [eot]
-    return prompt, chosen, rejected
+def encode_preference(tokenizer, entry: dict, prompt_format: PromptFormat | None = None
+                      ) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, chosen answer ids + end, rejected answer ids + end), in `prompt_format`
+    (default: Alpaca, the end being end-of-text)."""
+    prompt_format = prompt_format or PromptFormat(tokenizer)
+    end = [prompt_format.end_id]
+    return (prompt_format.prompt_ids(entry), prompt_format.text_ids(entry["chosen"]) + end,
+            prompt_format.text_ids(entry["rejected"]) + end)
 
 
 def collate_preference(examples: Sequence[tuple[list[int], list[int], list[int]]], pad: int,
@@ -142,7 +145,7 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: n
 
 
 @no_grad()
-def reference_logprobs(model: GPT, examples: Sequence, pad: int, max_length: int,
+def reference_logprobs(model: Module, examples: Sequence, pad: int, max_length: int,
                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The (frozen) model's mean log-probabilities of every chosen and rejected answer."""
     was_training = model.training
@@ -164,11 +167,12 @@ def run_dpo(settings: FinetuneSettings, log: Callable[[str], None] = print) -> d
     """`python train.py dpo`: preference-tune from --init against a frozen copy of it."""
     model, tokenizer, init_dir = load_base(settings)
     splits = split_records(load_preference_records(settings.data, settings.data_dir))
-    pad = tokenizer.eot_id
+    prompt_format = prompt_format_for(model, tokenizer, init_dir, log)
+    pad = prompt_format.end_id
     max_length = min(settings.max_length or model.config.block_size, model.config.block_size)
     examples, dropped = {}, 0
     for name, entries in splits.items():
-        encoded = [encode_preference(tokenizer, e) for e in entries]
+        encoded = [encode_preference(tokenizer, e, prompt_format) for e in entries]
         # The first answer token must be inside the window, or the record has nothing to score.
         examples[name] = [e for e in encoded if len(e[0]) <= max_length]
         dropped += len(encoded) - len(examples[name])
@@ -220,9 +224,10 @@ def run_dpo(settings: FinetuneSettings, log: Callable[[str], None] = print) -> d
                **{split: {k: round(v, 5) for k, v in m.items()} for split, m in final.items()},
                "split_sizes": {k: len(v) for k, v in examples.items()}, "max_length": max_length}
     checkpoint = save_model(directory, model, tokenizer,
-                            {"task": "dpo", "step": result.steps, "chat_template": "alpaca",
-                             "results": results})
-    if answer_test_split(directory, model, tokenizer, splits["test"], settings):
+                            {"task": "dpo", "step": result.steps,
+                             "chat_template": prompt_format.template, "results": results},
+                            source=init_dir)
+    if answer_test_split(directory, model, tokenizer, splits["test"], settings, prompt_format):
         results["test_responses"] = str(directory / RESPONSES_FILE)
     write_results(directory, results)
     val = final.get("val", {})

@@ -21,11 +21,34 @@ exactly as the book writes it):
 `### Response:\\n` and the model writes the rest; `chat.py` with the "alpaca" template builds the
 same prompt, and the checkpoint records that template (`chat_template` in train_state.json).
 
+A chat model keeps its own layout instead (`prompt_format_for`): a checkpoint whose chat template
+has turn tokens of its own (Qwen3's ChatML, Llama 3's headers, SmolLM2's, the storyteller's; see
+gpt.chat.templates) is trained on the record as one user message and the assistant's reply,
+exactly as `chat.py` will later write that conversation, ended by the template's end-of-turn
+token (<|im_end|>, <|eot_id|>) rather than <|endoftext|>:
+
+    <|im_start|>user
+    Rewrite the sentence using a simile.
+
+    The car is very fast.<|im_end|>
+    <|im_start|>assistant
+    <think>
+
+    </think>
+
+    The car is as fast as lightning.<|im_end|>
+
+(Qwen3's own template writes an empty <think> block before a reply without reasoning: the
+prompt is the one with thinking switched off, which ends with that block. Chatting with thinking
+on still prompts the model to reason first.) The fine-tuned checkpoint keeps the template, and
+the test answers are asked for in it.
+
 Batches (`collate_instruct`): each example is the prompt's tokens followed by the response's
 (encoded separately, so the prompt is tokenized exactly as it will be at inference), then one
-end-of-text token. Rows are padded with end-of-text to the longest in the batch; inputs are the
-row without its last token and targets the row shifted by one. The first end-of-text target of
-a row is kept (the model must learn to stop) and the padding after it becomes -100, which
+end-of-text token (a chat template's end of turn). Rows are padded with that token to the
+longest in the batch; inputs are the row without its last token and targets the row shifted by
+one. The first end-of-text target of a row is kept (the model must learn to stop) and the
+padding after it becomes -100, which
 `F.cross_entropy` ignores: padding does not dilute the mean. With `--mask-prompt` the targets
 inside the prompt become -100 too, so the loss is only on the response.
 
@@ -45,14 +68,18 @@ import numpy as np
 from tqdm import tqdm
 
 from autograd import functional as F
-from gpt.chat.templates import format_alpaca
+from autograd.nn import Module
+from gpt.chat.engine import ChatEngine
+from gpt.chat.templates import (ChatError, TemplateOptions, chat_template_for, format_alpaca,
+                                get_template, stop_token_ids)
 from gpt.core.generate import SamplingParams, generate
-from gpt.core.model import GPT
 from gpt.data.corpora import DATASETS, DataError, fetch
 from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
                                  run_summary, save_model, split_by_fractions, start_run,
                                  write_results)
+from gpt.io.checkpoint import CheckpointError
 from gpt.train.evaluate import token_byte_lengths
+from gpt.train.loop import TrainingError
 
 RESPONSE_HEADER = "\n\n### Response:\n"
 # train, test, validation: the book's order and proportions
@@ -77,6 +104,65 @@ def format_prompt(entry: dict) -> str:
 def format_input(entry: dict) -> str:
     """The prompt of one record without the response header."""
     return format_prompt(entry)[:-len(RESPONSE_HEADER)]
+
+
+def user_message(entry: dict) -> dict[str, str]:
+    """A record as a chat model's user turn: the instruction, and the input after a blank line."""
+    text = entry["instruction"] + (f"\n\n{entry['input']}" if entry.get("input") else "")
+    return {"role": "user", "content": text}
+
+
+class PromptFormat:
+    """How a model is shown a record: its prompt's token ids, and the token that ends a response
+    (which also pads the batches: padding after it is never a target).
+
+    template "alpaca": the book's layout (`format_prompt`), ended by <|endoftext|>. Any other is
+    a chat template with turn tokens of its own (gpt.chat.templates): the record is one user
+    message, the prompt is what `ChatEngine` feeds the model for it (thinking switched off), and
+    the template's end of turn ends the response.
+    """
+
+    def __init__(self, tokenizer, template: str = "alpaca", engine: ChatEngine | None = None):
+        self.tokenizer, self.template, self.engine = tokenizer, template, engine
+        if engine is None:
+            if tokenizer.eot_id is None:
+                raise TrainingError("the tokenizer has no <|endoftext|> token to end responses "
+                                    "with, and the checkpoint no chat template with a token "
+                                    "that ends a turn")
+            self.end_id = tokenizer.eot_id
+            self.stop_ids: tuple[int, ...] = (tokenizer.eot_id,)
+        else:
+            self.end_id = tokenizer.token_id(engine.template.stop_tokens[0])
+            self.stop_ids = engine.stop_tokens()
+
+    def prompt_ids(self, entry: dict) -> list[int]:
+        """What the model reads before it answers `entry`."""
+        if self.engine is None:
+            return self.text_ids(format_prompt(entry))
+        return self.engine.template_ids([user_message(entry)])
+
+    def text_ids(self, text: str) -> list[int]:
+        """Plain text (a response) as ids. Text that looks like a special token stays plain
+        text: records are data, not control."""
+        return self.tokenizer.encode(text, allowed_special="none")
+
+
+def prompt_format_for(model: Module, tokenizer, checkpoint: Path,
+                      log: Callable[[str], None] = print) -> PromptFormat:
+    """The checkpoint's own chat template when it has one with turn tokens (a chat model's);
+    else the Alpaca layout. A template that cannot be used (one not written here, or whose
+    tokens this tokenizer lacks) falls back to Alpaca, with a note."""
+    try:
+        name = chat_template_for(checkpoint)
+        template = get_template(name)
+        if not template.control_tokens or not template.stop_tokens:
+            return PromptFormat(tokenizer)
+        engine = ChatEngine(model, tokenizer, name, stop_ids=stop_token_ids(checkpoint),
+                            options=TemplateOptions(enable_thinking=False))
+    except (ChatError, CheckpointError) as error:
+        log(f"note: the Alpaca layout, not the checkpoint's chat template: {error}")
+        return PromptFormat(tokenizer)
+    return PromptFormat(tokenizer, name, engine)
 
 
 def load_records(source: str | Path, data_dir: str | None = None,
@@ -152,13 +238,12 @@ def split_records(records: list) -> dict[str, list]:
     return dict(zip(SPLIT_NAMES, split_by_fractions(records, SPLIT_FRACTIONS)))
 
 
-def encode_example(tokenizer, entry: dict, response_field: str = "output"
+def encode_example(prompt_format: PromptFormat, entry: dict, response_field: str = "output"
                    ) -> tuple[list[int], int]:
-    """(token ids of prompt + response, number of prompt tokens). Text that looks like a
-    special token stays plain text: records are data, not control."""
-    prompt = tokenizer.encode(format_prompt(entry), allowed_special="none")
-    response = tokenizer.encode(entry[response_field], allowed_special="none")
-    return prompt + response, len(prompt)
+    """(token ids of prompt + response, number of prompt tokens); the token that ends the
+    response is `collate_instruct`'s to add."""
+    prompt = prompt_format.prompt_ids(entry)
+    return prompt + prompt_format.text_ids(entry[response_field]), len(prompt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,45 +298,53 @@ def clean_response(text: str) -> str:
     return text[:cut].strip()
 
 
-def generate_response(model: GPT, tokenizer, entry: dict, max_new_tokens: int = 100) -> str:
-    """The model's greedy answer to one record's instruction (and input)."""
-    prompt = tokenizer.encode(format_prompt(entry), allowed_special="none")
-    eot = tokenizer.eot_id
-    ids = generate(model, prompt, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                 stop_tokens=(eot,) if eot is not None else (),
-                                                 vocab_size=tokenizer.vocab_size))
-    return clean_response(tokenizer.decode(ids))
+def generate_response(model: Module, tokenizer, entry: dict, max_new_tokens: int = 100,
+                      prompt_format: PromptFormat | None = None) -> str:
+    """The model's greedy answer to one record's instruction (and input), in `prompt_format`
+    (default: Alpaca)."""
+    prompt_format = prompt_format or PromptFormat(tokenizer)
+    ids = generate(model, prompt_format.prompt_ids(entry),
+                   SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
+                                  stop_tokens=prompt_format.stop_ids,
+                                  vocab_size=tokenizer.vocab_size))
+    text = tokenizer.decode(ids)
+    # A chat template's reply ends at its end-of-turn token; "###" there may be Markdown.
+    return clean_response(text) if prompt_format.engine is None else text.strip()
 
 
-def write_test_responses(path: Path, model: GPT, tokenizer, entries: Sequence[dict],
-                         max_new_tokens: int, progress: bool = True) -> list[dict]:
+def write_test_responses(path: Path, model: Module, tokenizer, entries: Sequence[dict],
+                         max_new_tokens: int, progress: bool = True,
+                         prompt_format: PromptFormat | None = None) -> list[dict]:
     """Answer each entry; write [{...record, "model_response": ...}] as JSON to `path`."""
     out = []
     for entry in tqdm(entries, desc="answering test instructions", disable=not progress,
                       dynamic_ncols=True):
         out.append({**entry, "model_response": generate_response(model, tokenizer, entry,
-                                                                 max_new_tokens)})
+                                                                 max_new_tokens, prompt_format)})
     path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
 
-def answer_test_split(directory: Path, model: GPT, tokenizer, test: Sequence[dict],
-                      settings: FinetuneSettings) -> list[dict]:
+def answer_test_split(directory: Path, model: Module, tokenizer, test: Sequence[dict],
+                      settings: FinetuneSettings,
+                      prompt_format: PromptFormat | None = None) -> list[dict]:
     """Answer the first `settings.test_responses` test records (all if None) into
     `directory`/test_responses.json; returns the answers ([] when asked for none)."""
     n = len(test) if settings.test_responses is None else min(settings.test_responses, len(test))
     if not n:
         return []
+    model.eval()
     return write_test_responses(directory / RESPONSES_FILE, model, tokenizer, test[:n],
-                                settings.max_new_tokens, settings.progress)
+                                settings.max_new_tokens, settings.progress, prompt_format)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training
 
 
-def encode_split(tokenizer, entries: Sequence[dict], max_length: int, mask_prompt: bool,
-                 response_field: str = "output") -> tuple[list[list[int]], list[int], int, int]:
+def encode_split(prompt_format: PromptFormat, entries: Sequence[dict], max_length: int,
+                 mask_prompt: bool, response_field: str = "output"
+                 ) -> tuple[list[list[int]], list[int], int, int]:
     """(token lists, prompt lengths, how many were cut to max_length, how many were dropped).
 
     With `mask_prompt`, an example whose prompt fills the whole window has no target left and
@@ -259,7 +352,7 @@ def encode_split(tokenizer, entries: Sequence[dict], max_length: int, mask_promp
     """
     rows, prompts, cut, dropped = [], [], 0, 0
     for entry in entries:
-        ids, prompt_len = encode_example(tokenizer, entry, response_field)
+        ids, prompt_len = encode_example(prompt_format, entry, response_field)
         if mask_prompt and prompt_len >= max_length:
             dropped += 1
             continue
@@ -277,12 +370,13 @@ def run_instruct(settings: FinetuneSettings, log: Callable[[str], None] = print)
     if not splits["train"]:
         raise DataError(f"{settings.data}: {len(records)} records leave no training examples "
                         f"after the 85/10/5 split")
-    pad = tokenizer.eot_id
+    prompt_format = prompt_format_for(model, tokenizer, init_dir, log)
+    pad = prompt_format.end_id
     block = model.config.block_size
     max_length = min(settings.max_length or block, block)
     encoded = {}
     for name, entries in splits.items():
-        rows, prompts, cut, dropped = encode_split(tokenizer, entries, max_length,
+        rows, prompts, cut, dropped = encode_split(prompt_format, entries, max_length,
                                                    settings.mask_prompt)
         encoded[name] = (rows, prompts)
         if cut or dropped:
@@ -293,7 +387,8 @@ def run_instruct(settings: FinetuneSettings, log: Callable[[str], None] = print)
         raise DataError("no training example fits the length limit with --mask-prompt")
 
     directory, counts = start_run(model, settings, log)
-    log(f"data: {', '.join(f'{len(v)} {k}' for k, v in splits.items())} records")
+    log(f"data: {', '.join(f'{len(v)} {k}' for k, v in splits.items())} records, in the "
+        f"{prompt_format.template!r} layout")
 
     def batch(split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows, prompts = encoded[split]
@@ -322,15 +417,18 @@ def run_instruct(settings: FinetuneSettings, log: Callable[[str], None] = print)
              if encoded[split][0]}
     first = result.history[0] if result.history else {}
     results = {"task": "instruct", "init": str(init_dir), "mask_prompt": settings.mask_prompt,
-               "lora_rank": settings.lora_rank, **run_summary(result, counts),
+               "lora_rank": settings.lora_rank, "chat_template": prompt_format.template,
+               **run_summary(result, counts),
                "initial_train_loss": first.get("eval_train_loss"),
                "initial_val_loss": first.get("eval_val_loss"),
                **{f"{split}_loss": round(v, 4) for split, v in final.items()},
                "split_sizes": {k: len(v) for k, v in splits.items()}, "max_length": max_length}
     checkpoint = save_model(directory, model, tokenizer,
-                            {"task": "instruct", "step": result.steps, "chat_template": "alpaca",
-                             "results": results})
-    answers = answer_test_split(directory, model, tokenizer, splits["test"], settings)
+                            {"task": "instruct", "step": result.steps,
+                             "chat_template": prompt_format.template, "results": results},
+                            source=init_dir)
+    answers = answer_test_split(directory, model, tokenizer, splits["test"], settings,
+                                prompt_format)
     if answers:
         results["test_responses"] = str(directory / RESPONSES_FILE)
         for item in answers[:3]:

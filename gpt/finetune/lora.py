@@ -32,8 +32,12 @@ matrices, is where LoRA's speed comes from; the price is the two thin products X
 tests/test_finetune.py checks the layer against finite differences in float64.
 
 After training, `merge_lora` folds the correction into the weight, W' = W + (alpha/r) A B, and
-puts plain `Linear` layers back: the exported model has GPT-2's exact layout and costs nothing
-extra at inference.
+puts plain `Linear` layers back: the exported model has its family's exact layout (GPT-2's, or
+Llama's) and costs nothing extra at inference.
+
+Which layers get adapters: those a model class names in its `lora_targets` (gpt.core.llama.Llama:
+the attention's q_proj, k_proj, v_proj, o_proj and the MLP's gate_proj, up_proj, down_proj),
+else GPT-2's `DEFAULT_TARGETS`. Embeddings, norms and the output head stay as they are.
 """
 from __future__ import annotations
 
@@ -146,16 +150,18 @@ def _parent_and_name(model: Module, dotted: str) -> tuple[Module, str]:
 
 
 def apply_lora(model: Module, rank: int, alpha: float,
-               targets: Iterable[str] = DEFAULT_TARGETS,
+               targets: Iterable[str] | None = None,
                rng: np.random.Generator | None = None) -> list[str]:
     """Freeze every parameter of `model` and wrap the targeted `Linear` layers in `LoRALinear`.
 
-    `targets` are last components of module names (`c_attn` matches `h.3.attn.c_attn`).
+    `targets` are last components of module names (`c_attn` matches `h.3.attn.c_attn`); None
+    means the model's own `lora_targets` (a class attribute), or GPT-2's DEFAULT_TARGETS.
     Returns the dotted names of the wrapped layers. Afterwards only the LoRA matrices require a
     gradient; unfreeze anything else you want trained (a new classification head, say) after
     this call. Raises ValueError if no layer matches.
     """
-    targets = tuple(targets)
+    targets = tuple(targets if targets is not None
+                    else getattr(model, "lora_targets", DEFAULT_TARGETS))
     model.requires_grad_(False)
     chosen = [name for name, module in model.named_modules()
               if isinstance(module, Linear) and name.rsplit(".", 1)[-1] in targets]
