@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from gpt import GPT, GPTConfig
-from gpt.core.generate import (SamplingParams, generate, generate_tokens, generate_uncached,
-                               sample_next, stream_text)
+from gpt.core.generate import (SamplingParams, _nucleus, generate, generate_tokens,
+                               generate_uncached, sample_next, stream_text)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,45 @@ def test_sampling_rules():
     counts = np.bincount([sample_next(np.log([0.2, 0.8]), SamplingParams(), rng)
                           for _ in range(4000)], minlength=2)
     assert 0.76 < counts[1] / 4000 < 0.84
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("spread", [0.3, 3.0])            # a flat distribution, a peaked one
+def test_the_nucleus_is_what_a_full_sort_gives(top_p, spread):
+    # The nucleus is searched among the most likely few first; a flat distribution needs
+    # many, so the search grows, up to the whole row.
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(5000) * spread
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    n_keep = int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1
+    assert np.array_equal(_nucleus(probs, top_p), np.sort(order[:n_keep]))
+
+
+def test_top_k_and_top_p_sample_the_renormalised_distribution_of_a_large_vocabulary():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(20_000).astype(np.float32)
+    best = np.argsort(-logits)[:3]
+    logits[best] = [14.0, 13.5, 13.0]                      # three likely tokens, many unlikely
+    before = logits.copy()
+    probs = np.exp(logits[best].astype(np.float64))
+    probs /= probs.sum()                                     # the top 3, renormalised
+    params = SamplingParams(temperature=1.0, top_k=3, repetition_penalty=1.3)
+    picks = [sample_next(logits, params, rng) for _ in range(3000)]
+    assert set(picks) <= set(best.tolist())
+    frequencies = np.array([picks.count(int(t)) for t in best]) / len(picks)
+    assert np.abs(frequencies - probs).max() < 0.03
+    # top_p: the most likely token holds about half the probability, so it alone is the
+    # nucleus at 0.3, and the three make that at 0.9
+    top = int(best[0])
+    assert {sample_next(logits, SamplingParams(top_p=0.3), rng) for _ in range(20)} == {top}
+    assert {sample_next(logits, SamplingParams(top_p=0.9), rng) for _ in range(200)} == \
+        set(best.tolist())
+    # a penalty applies to the tokens seen, on a copy: the caller's row is unchanged
+    penalised = SamplingParams(temperature=0, repetition_penalty=100.0)
+    assert sample_next(logits, penalised, rng, history=[top]) == int(best[1])
+    assert np.array_equal(logits, before)
 
 
 def test_bad_sampling_params():

@@ -471,6 +471,64 @@ def test_bad_configs_and_inputs_are_clear_errors():
         model(np.zeros((1, 3)))
 
 
+# Generation takes Llama._infer: the same arithmetic on plain arrays, split over threads by
+# key/value heads, MLP units and vocabulary. It must give what `forward` gives.
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("changes", [
+    dict(),                                                       # 2 kv heads for 4 query heads
+    dict(n_kv_head=3, n_head=6, head_dim=4, qk_norm=True, tie_word_embeddings=True),
+    dict(n_kv_head=4, mlp="relu2", logit_softcap=5.0),            # one query head per kv head
+])
+def test_generation_path_gives_the_logits_of_forward(changes, threads):
+    model = Llama(tiny_config(**changes), rng=np.random.default_rng(0)).eval()
+    model.inference_threads = threads
+    tokens = np.random.default_rng(1).integers(0, 40, size=(2, 12))
+    with no_grad():
+        full = model(tokens).data                                 # the autograd path
+        cache = model.new_kv_cache(batch_size=2)
+        parts = [model(tokens[:, :7], kv_cache=cache).data]        # prefill, then decode
+        parts += [model(tokens[:, t:t + 1], kv_cache=cache).data for t in range(7, 12)]
+        cache = model.new_kv_cache(batch_size=2)
+        hidden = model(tokens, kv_cache=cache, last_only=True, return_hidden=True).data
+        expected_hidden = model(tokens, return_hidden=True).data[:, -1:]
+    assert model._split is not None                              # the path was taken
+    assert len(model._split[1]) == min(threads, model.config.n_kv_head)
+    assert np.abs(np.concatenate(parts, axis=1) - full).max() < 1e-5
+    assert np.abs(hidden - expected_hidden).max() < 1e-5
+
+
+def test_generation_with_lora_adapters_goes_through_the_modules():
+    from gpt.finetune.lora import apply_lora
+    model = Llama(tiny_config(), rng=np.random.default_rng(0))
+    apply_lora(model, rank=2, alpha=4.0, rng=np.random.default_rng(1))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data[...] = 0.1                                     # adapters that change things
+    model.eval()
+    tokens = np.random.default_rng(2).integers(0, 40, size=(1, 6))
+    with no_grad():
+        full = model(tokens).data
+        cache = model.new_kv_cache()
+        cached = np.concatenate([model(tokens[:, :3], kv_cache=cache).data] +
+                                [model(tokens[:, t:t + 1], kv_cache=cache).data
+                                 for t in range(3, 6)], axis=1)
+    assert not model._plain_projections()
+    assert np.abs(cached - full).max() < 1e-5
+
+
+def test_the_kv_cache_stores_some_heads_at_a_time():
+    cache = KVCache(n_layer=1, batch_size=1, n_head=3, head_size=2, max_length=8)
+    k = np.arange(18, dtype=np.float32).reshape(1, 3, 3, 2)
+    cache.reserve(3)
+    first, _ = cache.store(0, k[:, :2], -k[:, :2], heads=slice(0, 2))
+    last, values = cache.store(0, k[:, 2:], -k[:, 2:], heads=slice(2, 3))
+    assert first.shape == (1, 2, 3, 2) and last.shape == (1, 1, 3, 2)
+    assert np.array_equal(cache.keys[0, :, :, :3], k)
+    assert np.array_equal(values, -k[:, 2:])
+    with pytest.raises(ValueError, match="do not fit in max_length 8"):
+        cache.reserve(9)
+
+
 def test_the_kv_cache_grows_as_it_fills_and_keeps_what_it_held():
     cache = KVCache(n_layer=2, batch_size=1, n_head=1, head_size=2, max_length=600)
     assert cache.keys.shape[3] == 256                 # not all 600 positions up front

@@ -71,36 +71,60 @@ class SamplingParams:
 
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
                 history: Sequence[int] = ()) -> int:
-    """Pick the next token id from a (V,) row of logits."""
+    """Pick the next token id from a (V,) row of logits.
+
+    Greedy is an argmax of the logits as they are. Sampling computes probabilities only for
+    the candidates: with top_k, the k most likely tokens, found by a partition (no sort of
+    the vocabulary); with top_p, the nucleus, found among the most likely few (`_nucleus`).
+    A vocabulary of 150k tokens would otherwise cost a sort and a float64 copy of the whole
+    row at every step. The probabilities are float64: their sums run over many small terms.
+    """
     if params.vocab_size is not None:
         logits = logits[:params.vocab_size]
-    logits = logits.astype(np.float64)            # a private copy; float64 for the softmax sums
     if params.repetition_penalty != 1.0 and len(history):
         seen = np.unique(np.asarray(history))
         seen = seen[seen < logits.size]
+        logits = logits.copy()                        # the caller's row stays as it was
         picked = logits[seen]
         logits[seen] = np.where(picked > 0, picked / params.repetition_penalty,
                                 picked * params.repetition_penalty)
     if params.temperature == 0:
         return int(np.argmax(logits))
-    logits /= params.temperature
+    candidates = None                                 # token ids (ascending), or all of them
     if params.top_k is not None and params.top_k < logits.size:
         kth = np.partition(logits, -params.top_k)[-params.top_k]
-        logits[logits < kth] = -np.inf
-    probs = np.exp(logits - logits.max())
+        candidates = np.flatnonzero(logits >= kth)    # ties with the k-th are kept too
+        logits = logits[candidates]
+    scaled = logits.astype(np.float64) / params.temperature
+    probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
     if params.top_p is not None and params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        # keep every token up to and including the one that crosses top_p
-        n_keep = int(np.searchsorted(cumulative, params.top_p) + 1)
-        keep = np.zeros_like(probs, dtype=bool)
-        keep[order[:n_keep]] = True
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum()
+        keep = _nucleus(probs, params.top_p)
+        candidates = keep if candidates is None else candidates[keep]
+        probs = probs[keep]
     # Inverse-CDF sampling: one uniform number, one search.
     index = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
-    return min(index, probs.size - 1)
+    index = min(index, probs.size - 1)
+    return int(index if candidates is None else candidates[index])
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Positions (ascending) of the fewest most likely entries of `probs` whose sum reaches
+    `top_p`: the m most likely are taken by a partition and sorted, with m growing eightfold
+    until they hold `top_p`, so a peaked distribution never sorts the whole row."""
+    m = 64
+    while True:
+        if m >= probs.size:
+            top = np.argsort(-probs, kind="stable")                  # most likely first
+        else:
+            top = np.argpartition(-probs, m)[:m]
+            top = top[np.argsort(-probs[top], kind="stable")]
+        cumulative = np.cumsum(probs[top])
+        if cumulative[-1] >= top_p or m >= probs.size:
+            # every entry up to and including the one that crosses top_p
+            n_keep = int(np.searchsorted(cumulative, top_p)) + 1
+            return np.sort(top[:n_keep])
+        m *= 8
 
 
 def generate_tokens(model: LanguageModel, prompt_ids: Sequence[int],

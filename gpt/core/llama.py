@@ -33,19 +33,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from autograd import Tensor
+from autograd import Tensor, is_grad_enabled
 from autograd import functional as F
 from autograd.nn import Dropout, Embedding, Linear, Module, ModuleList, RMSNorm, init_skipped
-from autograd.ops.relu_squared import relu_squared
-from autograd.ops.repeat_kv import grouped_query_attention
-from autograd.ops.rope import RopeConfigError, rope, rope_frequencies
-from autograd.ops.softcap import softcap
-from autograd.ops.swiglu import swiglu
+from autograd.ops.attention import attention_forward
+from autograd.ops.relu_squared import relu_squared, relu_squared_forward
+from autograd.ops.repeat_kv import grouped_query_attention, repeat_kv_forward
+from autograd.ops.rms_norm import rms_norm_forward
+from autograd.ops.rope import RopeConfigError, rope, rope_forward, rope_frequencies, rope_tables
+from autograd.ops.softcap import softcap, softcap_forward
+from autograd.ops.swiglu import swiglu, swiglu_forward
+from autograd.parallel import default_threads, limit_blas_threads
 from autograd.random import default_rng
 from gpt.core.model import KVCache, cache_length, token_batch
 
@@ -212,6 +217,37 @@ class LlamaAttention(Module):
         y = y.transpose(1, 2).reshape(B, T, H * D)                        # heads side by side
         return self.resid_dropout(self.o_proj(y))
 
+    def infer(self, rows: np.ndarray, B: int, T: int, kv_cache: KVCache, layer: int,
+              rope: tuple[np.ndarray, np.ndarray], kv_heads: slice) -> np.ndarray:
+        """`forward` in eval mode with a cache, on plain arrays, for the key/value heads
+        `kv_heads` and the query heads that share them: rows (B*T, C) of the normalised input
+        -> their part of the output (B*T, C) (o_proj applied to these heads alone; the parts
+        of all heads add up to the output). `rope`: the (T, D/2) cos and sin tables.
+        """
+        D, n_rep = self.head_size, self.n_head // self.n_kv_head
+        q_columns = slice(kv_heads.start * n_rep * D, kv_heads.stop * n_rep * D)
+        kv_columns = slice(kv_heads.start * D, kv_heads.stop * D)
+        q = (rows @ self.q_proj.weight.data[:, q_columns]).reshape(B, T, -1, D)
+        k = (rows @ self.k_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
+        v = (rows @ self.v_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
+        if self.q_norm is not None:
+            q, k = _normalise(self.q_norm, q), _normalise(self.k_norm, k)
+        q = rope_forward(q.transpose(0, 2, 1, 3), *rope)                  # (B, h, T, D)
+        k = rope_forward(k.transpose(0, 2, 1, 3), *rope)                  # (B, h_kv, T, D)
+        keys, values = kv_cache.store(layer, k, v.transpose(0, 2, 1, 3), kv_heads)
+        h_kv = keys.shape[1]                                              # (B, h_kv, S, D)
+        if T == 1:
+            # One new token sees every cached key: no mask, and the n_rep query heads of a
+            # key/value head stand in for n_rep query positions of it (as in `forward`).
+            y = attention_forward(q.reshape(B, h_kv, n_rep, D), keys, values,
+                                  is_causal=False, dropout_p=0.0, rng=None)[0]
+        else:
+            y = attention_forward(q, repeat_kv_forward(keys, n_rep),
+                                  repeat_kv_forward(values, n_rep), is_causal=True,
+                                  dropout_p=0.0, rng=None)[0]
+        y = y.reshape(B, h_kv * n_rep, T, D).transpose(0, 2, 1, 3).reshape(B * T, -1)
+        return y @ self.o_proj.weight.data[q_columns]
+
 
 class LlamaMLP(Module):
     """down(silu(gate(x)) * up(x)) (SwiGLU), or down(relu(up(x))^2) (ReLU², no gate)."""
@@ -231,6 +267,17 @@ class LlamaMLP(Module):
             hidden = relu_squared(self.up_proj(x))
         return self.dropout(self.down_proj(hidden))
 
+    def infer(self, rows: np.ndarray, units: slice) -> np.ndarray:
+        """`forward` in eval mode on plain arrays, through the hidden units `units` alone:
+        rows (N, C) -> their part of the output (N, C) (the parts of all units add up to it).
+        """
+        up = rows @ self.up_proj.weight.data[:, units]
+        if self.gate_proj is not None:
+            hidden = swiglu_forward(rows @ self.gate_proj.weight.data[:, units], up)[0]
+        else:
+            hidden = relu_squared_forward(up)[0]
+        return hidden @ self.down_proj.weight.data[units]
+
 
 class LlamaBlock(Module):
     """x + self_attn(input_layernorm(x)), then + mlp(post_attention_layernorm(x))."""
@@ -245,6 +292,18 @@ class LlamaBlock(Module):
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), kv_cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def infer(self, x: np.ndarray, kv_cache: KVCache, layer: int,
+              rope: tuple[np.ndarray, np.ndarray], shares: list[_Share]) -> np.ndarray:
+        """`forward` in eval mode with a cache, on plain arrays: x (B, T, C) -> (B, T, C).
+        Attention and MLP are each split into `shares` that run in parallel threads."""
+        B, T, C = x.shape
+        rows = _normalise(self.input_layernorm, x).reshape(B * T, C)
+        x = x + _sum_in_threads(lambda share: self.self_attn.infer(
+            rows, B, T, kv_cache, layer, rope, share.kv_heads), shares).reshape(B, T, C)
+        rows = _normalise(self.post_attention_layernorm, x).reshape(B * T, C)
+        return x + _sum_in_threads(lambda share: self.mlp.infer(rows, share.mlp_units),
+                                   shares).reshape(B, T, C)
 
 
 class Llama(Module):
@@ -268,6 +327,9 @@ class Llama(Module):
         self.norm = RMSNorm(config.n_embd, eps=config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else \
             Linear(config.n_embd, config.vocab_size, bias=False)
+        # Threads that generation splits each layer over (None: one per core).
+        self.inference_threads: int | None = None
+        self._split: tuple[int, list[_Share]] | None = None
         if not init_skipped():          # inside autograd.nn.skip_init(): weights come next
             self.init_weights(rng)
 
@@ -304,8 +366,12 @@ class Llama(Module):
         `return_hidden`: the final hidden states (B, T, C) after `norm` instead of logits.
 
         With a `kv_cache`, `idx` holds only the new tokens; RoPE turns them at the positions
-        after the cached ones, and the cache is extended by T.
+        after the cached ones, and the cache is extended by T. Generation (a cache, no
+        gradients, eval mode) takes `_infer`: the same arithmetic without the autograd layer.
         """
+        if kv_cache is not None and not is_grad_enabled() and not self.training \
+                and self._plain_projections():
+            return Tensor(self._infer(idx, kv_cache, last_only, return_hidden))
         idx, _ = token_batch(idx, kv_cache, self.config.block_size)
         x = self.drop(self.embed_tokens(idx))                         # (B, T, C)
         for layer, block in enumerate(self.layers):
@@ -325,6 +391,51 @@ class Llama(Module):
             logits = softcap(logits, self.config.logit_softcap)
         return logits
 
+    def _infer(self, idx, kv_cache: KVCache, last_only: bool,
+               return_hidden: bool) -> np.ndarray:
+        """`forward` for generation, on plain arrays, split over the cores (see the section
+        "Generation" below)."""
+        idx, start = token_batch(idx, kv_cache, self.config.block_size)
+        B, T = idx.shape
+        kv_cache.reserve(start + T)          # grown here, not by parallel threads' stores
+        shares = self._shares()
+        rope = rope_tables(self.layers[0].self_attn.rope_freqs, start, T,
+                           self.embed_tokens.weight.dtype)                # (T, D/2) cos, sin
+        with limit_blas_threads(1):          # each thread's products on its own core
+            x = self.embed_tokens.weight.data[idx]                        # (B, T, C)
+            for layer, block in enumerate(self.layers):
+                x = block.infer(x, kv_cache, layer, rope, shares)
+            kv_cache.length += T
+            if last_only:
+                x = x[:, -1:, :]
+            x = _normalise(self.norm, x)
+            if return_hidden:
+                return x                                                  # (B, T, C)
+            rows = x.reshape(-1, x.shape[-1])
+            head = self.embed_tokens.weight.data.T if self.lm_head is None \
+                else self.lm_head.weight.data                             # (C, V)
+            logits = np.concatenate(_in_threads(lambda share: rows @ head[:, share.vocab],
+                                                shares), axis=-1)
+        if self.config.logit_softcap is not None:
+            logits = softcap_forward(logits, self.config.logit_softcap)
+        return logits.reshape(*x.shape[:-1], -1)                          # (B, T, V)
+
+    def _plain_projections(self) -> bool:
+        """Whether every projection is a plain Linear without bias (a LoRA adapter is not),
+        as `_infer` reads their weights directly."""
+        linears = [self.lm_head] if self.lm_head is not None else []
+        for block in self.layers:
+            attn, mlp = block.self_attn, block.mlp
+            linears += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.up_proj,
+                        mlp.down_proj] + ([mlp.gate_proj] if mlp.gate_proj is not None else [])
+        return all(type(m) is Linear and m.bias is None for m in linears)
+
+    def _shares(self) -> list[_Share]:
+        threads = self.inference_threads or default_threads()
+        if self._split is None or self._split[0] != threads:
+            self._split = (threads, _split_work(self.config, threads))
+        return self._split[1]
+
     def loss(self, idx, targets, ignore_index: int = -100) -> Tensor:
         """Mean cross-entropy of next-token `targets` (B, T): what training minimises.
 
@@ -343,3 +454,80 @@ class Llama(Module):
         return KVCache(config.n_layer, batch_size, config.n_kv_head, config.head_size,
                        cache_length(max_length, config.block_size),
                        dtype=self.embed_tokens.weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation: the forward pass on plain arrays, split over the cores
+#
+# Under no_grad the autograd ops record no graph, but each still wraps its result in a Tensor
+# and checks its inputs; decoding one token of a 28-layer model runs a few hundred ops on
+# arrays of a few thousand numbers, and that layer costs as much as the arithmetic. So
+# `Llama._infer` calls the ops' forward halves (`*_forward` in autograd/ops, the code
+# `forward` runs) on the parameters' arrays.
+#
+# Decoding is bound by memory: every weight is read once per token. One core does not draw
+# all the bandwidth there is, so the work is split over threads, each of which reads its own
+# part of every weight, the way tensor parallelism splits a model over GPUs:
+#   - attention by key/value heads: a thread computes q, k, v for its heads (columns of the
+#     projections), attends with them, and multiplies by its rows of o_proj, which gives a
+#     (B*T, C) part of the output; the parts add up to o_proj(y);
+#   - the MLP by hidden units: columns of gate and up, rows of down; the parts add up;
+#   - the output head by token ids (columns).
+# That is two meeting points per layer. Each thread's matrix products run on one core (the
+# BLAS library is limited to one thread meanwhile): a BLAS thread pool would meet at every
+# product, with its threads spinning while they wait, which collapses when another program
+# holds a core, where threads that block while waiting degrade gracefully (as in
+# autograd/parallel.py's DataParallel).
+
+
+@dataclass(frozen=True)
+class _Share:
+    """One thread's part of every layer: key/value heads (with the query heads that share
+    them), MLP hidden units, and token ids of the output head."""
+    kv_heads: slice
+    mlp_units: slice
+    vocab: slice
+
+
+def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
+    """`threads` shares as even as the heads allow (fewer if there are fewer kv heads)."""
+    n = max(1, min(threads, config.n_kv_head))
+
+    def ranges(total: int) -> list[slice]:
+        bounds = [total * i // n for i in range(n + 1)]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [_Share(*parts) for parts in zip(ranges(config.n_kv_head),
+                                            ranges(config.intermediate_size),
+                                            ranges(config.vocab_size))]
+
+
+def _normalise(norm: RMSNorm, x: np.ndarray) -> np.ndarray:
+    """An RMSNorm on plain arrays, over the last axis of x."""
+    return rms_norm_forward(x, norm.weight.data if norm.weight is not None else None,
+                            norm.eps)[0]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _in_threads(work: Callable[[_Share], np.ndarray], shares: list[_Share]) -> list[np.ndarray]:
+    """[work(share) for share in shares]: the first in this thread, the others in a pool."""
+    if len(shares) == 1:
+        return [work(shares[0])]
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < len(shares) - 1:
+            _pool = ThreadPoolExecutor(len(shares) - 1, thread_name_prefix="llama-share")
+        pool = _pool
+    others = [pool.submit(work, share) for share in shares[1:]]
+    return [work(shares[0])] + [future.result() for future in others]
+
+
+def _sum_in_threads(work: Callable[[_Share], np.ndarray], shares: list[_Share]) -> np.ndarray:
+    """The sum of work(share) over the shares, run as `_in_threads` runs them."""
+    parts = _in_threads(work, shares)
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total

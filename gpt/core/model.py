@@ -53,31 +53,39 @@ class KVCache:
         self.length = 0                 # positions filled so far
         capacity = min(max_length, _INITIAL_CACHE_CAPACITY)
         shape = (n_layer, batch_size, n_head, capacity, head_size)
-        self.keys = np.zeros(shape, dtype=dtype)
-        self.values = np.zeros(shape, dtype=dtype)
+        # Not zeroed: only the first `length` positions are read, and each is written first.
+        self.keys = np.empty(shape, dtype=dtype)
+        self.values = np.empty(shape, dtype=dtype)
 
     def reset(self) -> None:
         self.length = 0
 
-    def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Write the new (B, H, T, D) keys and values after the cached ones; return all of them."""
+    def store(self, layer: int, k: np.ndarray, v: np.ndarray,
+              heads: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Write the new (B, h, T, D) keys and values of `heads` (all by default) after the
+        cached ones; return all of them, (B, h, S, D) views of the cache."""
         start, end = self.length, self.length + k.shape[2]
+        self.reserve(end)
+        self.keys[layer, :, heads, start:end] = k
+        self.values[layer, :, heads, start:end] = v
+        return self.keys[layer, :, heads, :end], self.values[layer, :, heads, :end]
+
+    def reserve(self, end: int) -> None:
+        """Make room for positions up to `end` (growing is done before any layer writes a
+        step: a model that stores from several threads reserves first)."""
         if end > self.max_length:
             raise ValueError(f"KVCache: {end} positions do not fit in max_length "
                              f"{self.max_length}")
         if end > self.keys.shape[3]:
             self._grow(end)
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def _grow(self, needed: int) -> None:
-        # Called by layer 0's store, before any layer has written this step: every layer's
-        # first `length` positions are what there is to keep.
+        # Called before any layer has written this step: every layer's first `length`
+        # positions are what there is to keep.
         capacity = min(self.max_length, max(needed, 2 * self.keys.shape[3]))
         for name in ("keys", "values"):
             old = getattr(self, name)
-            new = np.zeros(old.shape[:3] + (capacity,) + old.shape[4:], dtype=old.dtype)
+            new = np.empty(old.shape[:3] + (capacity,) + old.shape[4:], dtype=old.dtype)
             new[:, :, :, :self.length] = old[:, :, :, :self.length]
             setattr(self, name, new)
 
