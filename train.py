@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Pretrain a GPT from scratch (the main job), or fine-tune one.
 
-    python train.py                                   # TinyStories, BPE 4096, ~15 minutes
+    python train.py                                   # TinyStories, BPE 4096, ~15 minutes:
+                                                      # pretraining, then a storyteller
     python train.py --data tinyshakespeare --tokenizer char --preset shakespeare-char
     python train.py --resume runs/20261125-120000     # continue a run exactly where it stopped
     python train.py classify --init runs/X            # fine-tune: spam classifier
     python train.py instruct --init runs/X            #            instruction following
     python train.py dpo --init runs/Y                 #            preference tuning
+    python train.py chat --init runs/X                #            a storyteller
 
-All the logic lives in the gpt package (gpt.train.pretrain, whose loop is gpt.train.loop); this
-file only reads the command line. A training script of one page to read first:
-examples/train_shakespeare.py.
+All the logic lives in the gpt package (gpt.train.pretrain, whose loop is gpt.train.loop, then
+the chat stage of gpt.finetune.stories); this file only reads the command line. A training
+script of one page to read first: examples/train_shakespeare.py.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from autograd.allocator import keep_freed_memory
 from gpt.cli import fail_cleanly
 from gpt.finetune.cli import main as finetune_main
 from gpt.finetune.common import TASKS as FINETUNE_TASKS
-from gpt.train.pretrain import TrainSettings, prepare_run, train
+from gpt.finetune.stories import pretrain_then_chat
+from gpt.train.pretrain import TrainSettings
 
 # `python train.py <task> ...` runs a fine-tuning task instead (gpt.finetune.cli).
 # Defaults of the main job, chosen for a 2-core laptop CPU (see the README's figures).
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainSettings(**MAIN_JOB)
     p = argparse.ArgumentParser(
         description="Pretrain a GPT from scratch on a text corpus (NumPy only). Fine-tuning: "
-                    "python train.py classify|instruct|dpo --help",
+                    "python train.py classify|instruct|dpo|chat --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data", default=defaults.data,
@@ -80,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--beta2", type=float, default=defaults.beta2)
     opt.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
                      help="clip the global gradient norm to this (0: no clipping)")
+    chat = p.add_argument_group("chat stage (after pretraining, when the tokenizer is a trained "
+                                "BPE and the corpus is stories: gpt.finetune.stories)")
+    chat.add_argument("--chat-iters", type=int, default=defaults.chat_iters,
+                      help="steps of fine-tuning on conversations made from the corpus, into "
+                           "the storyteller that chat.py opens; the plain pretrained model "
+                           "is kept in RUN/pretrained (0: no chat stage)")
+    chat.add_argument("--chat-lr", type=float, default=defaults.chat_lr,
+                      help="its peak learning rate")
     run = p.add_argument_group("evaluation and output")
     run.add_argument("--eval-interval", type=int, default=defaults.eval_interval,
                      help="evaluate, sample and checkpoint every N steps")
@@ -96,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "shard's matrix products on one core (0: one per core; 1 when "
                           "another job needs the other core)")
     run.add_argument("--stop-after", type=int, default=None,
-                     help="stop after this step with a checkpoint (resume later with --resume)")
+                     help="stop after this step with a checkpoint (resume later with --resume); "
+                          "the chat stage's steps count on after pretraining's")
     run.add_argument("--resume", default=None, metavar="RUN_DIR",
                      help="continue the run in RUN_DIR exactly where it stopped")
     run.add_argument("--no-progress", dest="progress", action="store_false",
@@ -113,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.pop("resume")
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
     settings = TrainSettings(**{k: v for k, v in args.items() if k in fields})
-    run = prepare_run(settings, resume=resume)
-    train(run)
+    pretrain_then_chat(settings, resume=resume)
     return 0
 
 

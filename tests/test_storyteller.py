@@ -1,8 +1,9 @@
 """The storyteller (gpt.finetune.stories): the chat template and its masks, trimming to the
 context, a tiny model that learns the format, bad input, `train.py chat`, and the whole
 pipeline (pretraining, then the chat stage) with exact resume in either stage."""
+import dataclasses
+import importlib.util
 import json
-import os
 import random
 import subprocess
 import sys
@@ -18,11 +19,14 @@ from gpt import GPT, GPTConfig, load_pretrained
 from gpt.chat.engine import ChatEngine, PromptTooLong
 from gpt.chat.templates import CHAT_TOKENS, ChatError, chat_template_for, get_template
 from gpt.core.generate import SamplingParams
+from gpt.data.conversations import RequestFacts
 from gpt.finetune.cli import run_task
 from gpt.finetune.common import IGNORE_INDEX, FinetuneSettings, TrainingError
 from gpt.finetune.stories import (build_data, collate_examples, conversation_examples,
-                                  encode_conversation, shorten_story, stories_of)
-from gpt.io.checkpoint import save_checkpoint
+                                  encode_conversation, pretrain_then_chat, shorten_story,
+                                  stories_of)
+from gpt.io.checkpoint import load_tokenizer_from, resolve_checkpoint, save_checkpoint
+from gpt.train.pretrain import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = "<|endoftext|>"
@@ -311,3 +315,127 @@ def test_chat_needs_a_tokenizer_with_the_turn_tokens(tmp_path, stories_dir):
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "error:" in bad.stderr and "special tokens" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# python train.py: pretraining, then the chat stage
+
+
+def quiet(*_):
+    pass
+
+
+def pipeline_settings(stories_dir, out_dir, **overrides) -> TrainSettings:
+    base = dict(data=str(stories_dir), tokenizer="bpe", vocab_size=300, n_layer=1, n_head=2,
+                n_embd=32, block_size=96, batch_size=4, max_iters=6, warmup_iters=1, lr=3e-3,
+                eval_interval=3, eval_iters=1, sample_tokens=0, out_dir=str(out_dir),
+                progress=False, threads=1, dropout=0.1, chat_iters=4, chat_lr=3e-3)
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def weights(checkpoint) -> dict[str, np.ndarray]:
+    return {name: p.data for name, p in load_pretrained(checkpoint).named_parameters()}
+
+
+def losses(metrics: Path) -> list[float]:
+    return [row["loss"] for row in map(json.loads, metrics.read_text().splitlines())
+            if "loss" in row]
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """A download and tokenizer cache of the module's own (pipeline runs train a BPE)."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("cache")
+        patch.setenv("DU_DATA_DIR", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def straight_run(stories_dir, data_cache, tmp_path_factory):
+    """A whole tiny pipeline run, uninterrupted."""
+    root = tmp_path_factory.mktemp("pipeline")
+    summary = pretrain_then_chat(pipeline_settings(stories_dir, root / "runs",
+                                                   run_name="straight"), log=quiet)
+    return Path(summary["run_directory"]), summary
+
+
+def test_train_py_pretrains_then_makes_a_storyteller(straight_run):
+    run, summary = straight_run
+    assert summary["step"] == 6 and summary["chat"]["steps"] == 4
+    assert set(CHAT_TOKENS) <= set(load_tokenizer_from(run / "pretrained").special_tokens)
+    assert chat_template_for(run / "pretrained") == "base"      # the plain model: continuation
+    assert chat_template_for(run) == "chat"                     # what chat.py opens for RUN
+    assert resolve_checkpoint(run) == run / "best"
+    assert (run / "chat" / "results.json").is_file() and len(losses(run / "chat" /
+                                                                   "metrics.jsonl")) == 4
+    chat = subprocess.run([sys.executable, "chat.py", "--ckpt", str(run), "--temperature", "0",
+                           "--max-new-tokens", "6"], input="Tell me a story about Max.\n\n",
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert len(chat.stdout.splitlines()) == 1                  # one reply; the blank line skipped
+    base = subprocess.run([sys.executable, "chat.py", "--ckpt", str(run / "pretrained"),
+                           "--template", "base", "--max-new-tokens", "4", "--seed", "0"],
+                          input="Once upon a time\n", capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert base.returncode == 0, base.stderr
+    # a finished run resumes to nothing
+    messages = []
+    assert pretrain_then_chat(pipeline_settings(None, None), resume=run,
+                              log=messages.append)["chat"] is None
+    assert "complete" in messages[0]
+
+
+@pytest.mark.parametrize("stop_after, threads", [(4, 1), (6, 1), (8, 2)],
+                         ids=["in-pretraining", "between-stages", "in-chat-stage"])
+def test_a_run_stopped_in_either_stage_resumes_exactly(straight_run, stories_dir, tmp_path,
+                                                       stop_after, threads):
+    straight, _ = straight_run
+    if threads != 1:                     # the uninterrupted run with the same threads
+        summary = pretrain_then_chat(pipeline_settings(stories_dir, tmp_path, run_name="whole",
+                                                       threads=threads), log=quiet)
+        straight = Path(summary["run_directory"])
+    settings = pipeline_settings(stories_dir, tmp_path, run_name="stopped", threads=threads)
+    first = pretrain_then_chat(dataclasses.replace(settings, stop_after=stop_after), log=quiet)
+    run = Path(first["run_directory"])
+    assert first.get("chat") is None and not (run / "chat" / "results.json").exists()
+    pretrain_then_chat(pipeline_settings(None, None), resume=run, log=quiet)
+    assert losses(run / "metrics.jsonl") == losses(straight / "metrics.jsonl")
+    assert losses(run / "chat" / "metrics.jsonl") == losses(straight / "chat" / "metrics.jsonl")
+    expected, resumed = weights(straight / "best"), weights(run / "best")
+    for name in expected:
+        np.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
+
+
+def test_the_chat_stage_can_be_skipped(stories_dir, data_cache, tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "--data", str(stories_dir),
+                          "--vocab-size", "300", "--n-layer", "1", "--n-head", "2",
+                          "--n-embd", "16", "--block-size", "64", "--max-iters", "2",
+                          "--warmup-iters", "1", "--eval-interval", "2", "--eval-iters", "1",
+                          "--sample-tokens", "0", "--threads", "1", "--chat-iters", "0",
+                          "--no-progress", "--out-dir", str(tmp_path), "--run-name", "plain"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "no chat stage: --chat-iters is 0" in out.stdout
+    assert chat_template_for(tmp_path / "plain") == "base"
+    assert not (tmp_path / "plain" / "pretrained").exists()
+
+
+def test_the_benchmark_scores_both_models(straight_run, stories_dir, capsys):
+    run, _ = straight_run
+    spec = importlib.util.spec_from_file_location("storyteller_benchmark",
+                                                  REPO / "benchmarks" / "storyteller.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = run / "benchmark.json"
+    assert benchmark.main(["--run", str(run), "--n", "3", "--max-new-tokens", "6",
+                           "--samples", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| storyteller | greedy |" in printed and "| pretrained | sampled |" in printed
+    report = json.loads(out.read_text())
+    assert len(report["requests"]) == 3
+    assert set(report["figures"]) == {"storyteller", "pretrained"}
+    assert all(len(replies) == 3 for replies in report["replies"]["storyteller"].values())
+    assert benchmark.story_opening(RequestFacts(names=("Max",), kinds=("owl",))) == \
+        "Once upon a time, there was an owl named Max"

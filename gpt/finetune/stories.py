@@ -485,12 +485,17 @@ def stage_settings(settings: TrainSettings, run_directory: Path) -> FinetuneSett
 
 
 def chat_stage_skipped(settings: TrainSettings, tokenizer) -> str | None:
-    """Why the run has no chat stage (None: it has one)."""
+    """Why the run has no chat stage (None: it has one): --chat-iters 0, a tokenizer without
+    the turn tokens (a char or GPT-2 tokenizer), or a corpus that is not stories."""
     if settings.chat_iters == 0:
         return "--chat-iters is 0"
     missing = [t for t in CHAT_TOKENS if t not in tokenizer.special_tokens]
     if missing:
         return f"the tokenizer has no {', '.join(missing)} special tokens"
+    try:
+        load_chat_sources(settings.data, settings.data_dir)
+    except ConversationError as error:
+        return str(error)
     return None
 
 

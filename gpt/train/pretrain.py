@@ -29,6 +29,7 @@ from autograd import no_grad
 from autograd.optim import AdamW, decay_groups
 from autograd.parallel import DataParallel, default_threads, split_batch
 from bpe import CharTokenizer, Tokenizer, load_tokenizer
+from gpt.chat.templates import CHAT_TOKENS
 from gpt.core.config import PRESETS, GPTConfig
 from gpt.core.generate import SamplingParams, generate
 from gpt.core.model import GPT
@@ -63,7 +64,7 @@ class TrainSettings:
     # optimisation
     batch_size: int = 16
     grad_accum: int = 1
-    max_iters: int = 3000           # the defaults: ~15 minutes of the default model on 2 cores
+    max_iters: int = 2500           # with chat_iters: ~15 minutes of the default model on 2 cores
     lr: float = 4e-3                # tuned for the small default model (see the README)
     min_lr: float = 4e-4
     warmup_iters: int = 100
@@ -71,6 +72,9 @@ class TrainSettings:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    # then the chat stage: fine-tuning on conversations into a storyteller (gpt.finetune.stories)
+    chat_iters: int = 500           # its steps (0: none); about the last 2.5 of the 15 minutes
+    chat_lr: float = 1e-3           # its peak learning rate (warmup, then cosine to 0)
     # evaluation, output
     eval_interval: int = 250
     eval_iters: int = 20
@@ -95,6 +99,9 @@ class TrainSettings:
             raise TrainingError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if not 0 <= self.min_lr <= self.lr:
             raise TrainingError(f"need 0 <= min_lr <= lr, got {self.min_lr} and {self.lr}")
+        if self.chat_iters < 0 or not self.chat_lr > 0:
+            raise TrainingError(f"need --chat-iters >= 0 and --chat-lr > 0, got "
+                                f"{self.chat_iters} and {self.chat_lr}")
         if self.warmup_iters > self.max_iters:
             raise TrainingError(f"warmup_iters ({self.warmup_iters}) exceeds max_iters "
                                 f"({self.max_iters})")
@@ -113,12 +120,16 @@ def build_tokenizer(settings: TrainSettings, train_text: str, val_text: str):
         return Tokenizer.from_gpt2(fetch("gpt2-encoder.json", data_dir=settings.data_dir),
                                    fetch("gpt2-vocab.bpe", data_dir=settings.data_dir))
     if kind == "bpe":
-        key = hashlib.sha256(train_text.encode("utf-8")).hexdigest()[:24]
+        # <|user|>, <|assistant|>, <|end|>: the chat stage's turn tokens (gpt.chat.templates)
+        specials = ["<|endoftext|>", *CHAT_TOKENS]
+        digest = hashlib.sha256(train_text.encode("utf-8"))
+        digest.update("\0".join(specials).encode("utf-8"))     # a new set: a new tokenizer
+        key = digest.hexdigest()[:24]
         path = cache_dir(settings.data_dir) / "tokenizers" / f"bpe-{settings.vocab_size}-{key}.json"
         if path.is_file():
             return load_tokenizer(path)
         tokenizer = Tokenizer.train(train_text, settings.vocab_size, pattern="gpt4",
-                                    special_tokens=["<|endoftext|>"], progress=settings.progress)
+                                    special_tokens=specials, progress=settings.progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(path)
         return tokenizer
