@@ -1,5 +1,6 @@
 """The training loop (gpt.train.loop) and pretraining: one thread against several, schedule,
-clipping and metrics, exact resume, checkpoints, bad input, and train.py end to end."""
+clipping and metrics, the time budget, exact resume, checkpoints, bad input, and train.py end to
+end."""
 import json
 import math
 import os
@@ -323,3 +324,61 @@ def test_loss_curve_png_when_matplotlib_is_installed(corpus, tmp_path):
     train(run)
     png = run.directory / "loss.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules and the time budget
+
+
+def test_schedules_in_steps_and_as_fractions_of_the_run():
+    cosine = LoopConfig(max_steps=10, lr=1.0, schedule="cosine", warmup_steps=2, min_lr=0.1)
+    assert [cosine.lr_at(s, cosine.fraction_done(s, 0.0)) for s in range(12)] == \
+        [cosine_with_warmup(s, 1.0, 2, 10, 0.1) for s in range(12)]
+    # wsd: warmup, lr for the first 60 % of the rest, then a straight line down to min_lr.
+    wsd = LoopConfig(max_steps=12, lr=1.0, schedule="wsd", warmup_steps=2, min_lr=0.1,
+                     decay_fraction=0.4)
+    lrs = [wsd.lr_at(s, wsd.fraction_done(s, 0.0)) for s in range(13)]
+    assert lrs[:2] == [0.5, 1.0] and lrs[2:8] == [1.0] * 6
+    assert lrs[8:] == pytest.approx([0.1 + 0.9 * (12 - s) / 4 for s in range(8, 13)])
+    # A time budget: the fraction is the larger of the two; either alone works.
+    both = LoopConfig(max_steps=102, lr=1.0, warmup_steps=2, max_seconds=60.0)
+    assert both.fraction_done(52, 6.0) == pytest.approx(0.5)      # steps ahead of time
+    assert both.fraction_done(12, 45.0) == pytest.approx(0.75)     # time ahead of steps
+    timed = LoopConfig(max_steps=None, lr=1.0, schedule="wsd", max_seconds=100.0,
+                       decay_fraction=0.5, min_lr=0.0)
+    assert (timed.lr_at(500, timed.fraction_done(500, 40.0)), timed.last_step) == (1.0, None)
+    assert timed.lr_at(500, timed.fraction_done(500, 75.0)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="needs an end"):
+        LoopConfig(max_steps=None, lr=1.0)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        LoopConfig(max_steps=5, lr=1.0, schedule="linear")
+
+
+def test_time_budget_ends_the_run_where_its_decay_ends(tmp_path, monkeypatch):
+    clock = [0.0]
+
+    def fake_perf_counter():             # every reading of the clock is 0.25 s later
+        clock[0] += 0.25
+        return clock[0]
+    monkeypatch.setattr("gpt.train.loop.time.perf_counter", fake_perf_counter)
+    model = Linear(3, 2, rng=np.random.default_rng(0))
+    data = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    labels = np.arange(8) % 2
+
+    def loss(indices):
+        return F.cross_entropy(model(Tensor(data[indices])), labels[indices])
+    task = Task(lambda step: [(np.array([step % 8]),)], loss, lambda step: {"val_loss": 0.0})
+    config = LoopConfig(max_steps=None, lr=0.5, schedule="wsd", warmup_steps=2, min_lr=0.0,
+                        decay_fraction=0.5, max_seconds=20.0, progress=False, eval_interval=1000)
+    result = train_loop(model, SGD(model.parameters(), lr=0.1), task, config, MetricsLog(None),
+                        log=quiet)
+    lrs = [r["lr"] for r in result.history if "lr" in r]
+    assert result.completed and not result.interrupted
+    assert 5 < result.steps == len(lrs) < 40          # the budget, not a step count, ended it
+    assert result.history[-2]["time"] <= 20.0 + 1.0   # the last step started within the budget
+    assert lrs[2] == 0.5 and lrs[-1] < 0.1            # stable, then decayed to near 0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    # Resumed after its budget is spent, the run takes no more steps.
+    again = train_loop(model, SGD(model.parameters(), lr=0.1), task, config,
+                       MetricsLog(None, result.history), start_step=result.steps, log=quiet)
+    assert again.steps_taken == 0 and again.completed

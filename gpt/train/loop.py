@@ -1,7 +1,7 @@
 """The training loop: the one that pretraining and every fine-tuning task run.
 
-    for step in range(start, last):
-        optimizer.lr = schedule(step)                    warmup, then cosine or constant
+    for step in range(start, last):                      (or until the time budget is spent)
+        optimizer.lr = schedule(step, progress)          warmup, then cosine, wsd or constant
         for batch in task.batches(step):                 the step's micro-batches
             task.loss(*batch).backward()                 gradients add up in .grad
         stop if the loss is not finite                   (the weights are still the last good ones)
@@ -19,6 +19,17 @@ Threads. Without `parallel` a step is the plain loop above, in this thread. Give
 thread, the shards' forward and backward passes run at the same time, and their gradients are
 summed in shard order, so that a run is repeatable. Both give the gradient of the mean loss over
 the step's rows, and one thread gives bit for bit what the sharded path gives with one shard.
+
+Schedule. The first `warmup_steps` steps ramp the learning rate up linearly. After them its
+shape is a function of the run's progress p from 0 to 1: "cosine" falls along a half cosine
+from lr to min_lr, "wsd" (warmup-stable-decay) holds lr and spends the last `decay_fraction` of
+the run falling in a straight line to min_lr, "constant" holds lr. The run's length is a number
+of steps (`max_steps`: p = (step - warmup) / (max_steps - warmup)), a wall-clock budget
+(`max_seconds`: p = seconds of training so far / max_seconds, evaluations included), or both,
+and then the one spent first ends it (p is the larger of the two). A budget in time is what a
+comparison of recipes at equal cost needs: a faster step then buys more steps, and the decay
+still ends at the budget. The learning rate of a time-budgeted run depends on how fast its
+steps ran, so such a run does not resume bit for bit (one in steps does).
 
 Randomness. The dropout masks of step s, micro-batch m, shard i come from
 `step_rng(seed, s, DROPOUT, m, i)`, and a task draws the batches of step s from
@@ -53,7 +64,7 @@ from tqdm import tqdm
 
 from autograd import Tensor
 from autograd.nn import Module
-from autograd.optim import clip_grad_norm, lr_schedule
+from autograd.optim import clip_grad_norm
 from autograd.parallel import DataParallel, limit_blas_threads, split_batch
 from autograd.random import using_rng
 from gpt.errors import GPTError
@@ -107,14 +118,19 @@ class Task:
     checkpoint: Callable[[int, dict[str, float]], str] | None = None
 
 
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
 @dataclass
 class LoopConfig:
     """How the loop runs: its length, schedule, clipping, evaluations and display."""
-    max_steps: int                  # the schedule's length and the last step
+    max_steps: int | None           # the last step (None: max_seconds alone ends the run)
     lr: float                       # peak learning rate
-    schedule: str = "cosine"        # "cosine" (down to min_lr at max_steps) or "constant"
+    schedule: str = "cosine"        # "cosine", "wsd" or "constant" (see the module docstring)
     warmup_steps: int = 0           # linear warmup from lr / warmup_steps
-    min_lr: float = 0.0
+    min_lr: float = 0.0             # where cosine and wsd end
+    decay_fraction: float = 0.2     # wsd: the last part of the run, spent decaying to min_lr
+    max_seconds: float | None = None  # a wall-clock budget: the run ends when it is spent
     grad_clip: float = 1.0          # clip the global gradient norm to this (0: no clipping)
     eval_interval: int = 250
     eval_at_start: bool = False     # also evaluate before the first step
@@ -124,9 +140,50 @@ class LoopConfig:
     description: str = "training"   # the progress bar's label
     failure_hint: str = ""          # added to the error when the loss is not finite
 
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of "
+                             f"{', '.join(SCHEDULES)}")
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("the run needs an end: max_steps, max_seconds or both")
+        if self.max_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"need 0 <= warmup_steps <= max_steps, got {self.warmup_steps} "
+                             f"and {self.max_steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr, got {self.min_lr} and {self.lr}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+
     @property
-    def last_step(self) -> int:
-        return self.max_steps if self.stop_after is None else min(self.max_steps, self.stop_after)
+    def last_step(self) -> int | None:
+        """The step the run ends at, unless its time runs out first (None: only time ends it)."""
+        ends = [n for n in (self.max_steps, self.stop_after) if n is not None]
+        return min(ends) if ends else None
+
+    def fraction_done(self, step: int, seconds: float) -> float:
+        """How far the run is, from 0 (end of warmup) to 1 (its end), at `step` after
+        `seconds` of training: the larger of the two fractions it has a budget for."""
+        done = 0.0
+        if self.max_steps is not None:
+            done = (step - self.warmup_steps) / max(self.max_steps - self.warmup_steps, 1)
+        if self.max_seconds is not None:
+            done = max(done, seconds / self.max_seconds)
+        return min(max(done, 0.0), 1.0)
+
+    def lr_at(self, step: int, progress: float) -> float:
+        """The learning rate of `step`, at `progress` (`fraction_done`)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "cosine":
+            return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi *
+                                                                                  progress))
+        # wsd: lr until the decay starts, then a straight line to min_lr at progress 1.
+        left = (1.0 - progress) / self.decay_fraction
+        return self.min_lr + (self.lr - self.min_lr) * min(left, 1.0)
 
 
 @dataclass
@@ -138,6 +195,8 @@ class LoopResult:
     steps_taken: int                # in this session
     final: dict[str, float]         # the last evaluation
     history: list[dict] = field(default_factory=list)      # metrics.jsonl's rows
+    completed: bool = False         # the run reached its end (max_steps or max_seconds), rather
+                                    # than stop_after or a Ctrl-C
 
     @property
     def seconds_per_step(self) -> float:
@@ -247,15 +306,19 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: every parameter is frozen")
-    schedule = lr_schedule(config.schedule, config.lr, config.warmup_steps, config.max_steps,
-                           config.min_lr)
     last_step = config.last_step
     # `time` in metrics.jsonl runs on across a resume: seconds of training so far, evaluations
     # included, not the pause.
     time_before = next((row["time"] for row in reversed(metrics.rows) if "time" in row), 0.0)
     started = time.perf_counter()
-    bar = tqdm(total=last_step, initial=start_step, desc=config.description, unit="step",
-               disable=not config.progress, dynamic_ncols=True)
+
+    def seconds_so_far() -> float:
+        return time_before + time.perf_counter() - started
+
+    # A run that time ends has no known number of steps: its bar counts them without a total.
+    bar = tqdm(total=last_step if config.max_seconds is None else None, initial=start_step,
+               desc=config.description, unit="step", disable=not config.progress,
+               dynamic_ncols=True)
 
     def show(message: str) -> None:
         with tqdm.external_write_mode():                 # above the progress bar, not through it
@@ -263,12 +326,16 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
 
     def evaluation(step: int) -> dict[str, float]:
         numbers = task.evaluate(step)
-        metrics.append({"step": step, "time": round(time_before + time.perf_counter() - started, 3),
+        metrics.append({"step": step, "time": round(seconds_so_far(), 3),
                         **{f"eval_{k}": round(float(v), 5) for k, v in numbers.items()}})
         note = task.checkpoint(step, numbers) if task.checkpoint is not None else ""
         show(f"step {step}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
                                           for k, v in numbers.items()) + note)
         return numbers
+
+    def reached_end(step: int) -> bool:
+        return config.fraction_done(step, seconds_so_far()) >= 1.0 or (
+            config.max_steps is not None and step >= config.max_steps)
 
     model.train()
     step, seconds, tokens, smoothed_speed = start_step, 0.0, 0, None
@@ -276,9 +343,10 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
         with GracefulInterrupt() as interrupt:
             if config.eval_at_start and step == 0:
                 evaluation(step)
-            while step < last_step and not interrupt.requested:
+            while not (interrupt.requested or reached_end(step) or
+                       (last_step is not None and step >= last_step)):
                 t0 = time.perf_counter()
-                lr = schedule(step)
+                lr = config.lr_at(step, config.fraction_done(step, seconds_so_far()))
                 optimizer.lr = lr
                 optimizer.zero_grad()
                 result = backward_batches(parallel, task.loss, task.batches(step), params,
@@ -301,15 +369,17 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
                     0.9 * smoothed_speed + 0.1 * speed
                 metrics.append({"step": step, "loss": round(result.loss, 5), "lr": lr,
                                 "grad_norm": round(grad_norm, 4), "tokens_per_sec": round(speed),
-                                "time": round(time_before + time.perf_counter() - started, 3),
+                                "time": round(seconds_so_far(), 3),
                                 **{k: round(v, 5) for k, v in result.numbers.items()}})
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}",
                                 tok_s=f"{smoothed_speed:,.0f}")
-                if step % config.eval_interval == 0 and step < last_step:
-                    evaluation(step)
+                if step % config.eval_interval == 0 and not reached_end(step) and \
+                        (last_step is None or step < last_step):
+                    evaluation(step)            # (the end has an evaluation of its own)
             bar.close()
             interrupted = interrupt.requested
+            completed = not interrupted and reached_end(step)
             if interrupted:
                 log(f"interrupted at step {step}: evaluating and saving (Ctrl-C again to quit "
                     f"without saving)...")
@@ -318,7 +388,8 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
         bar.close()
     if metrics.path is not None:
         plot_metrics(metrics.path.parent)
-    return LoopResult(step, interrupted, seconds, tokens, step - start_step, final, metrics.rows)
+    return LoopResult(step, interrupted, seconds, tokens, step - start_step, final, metrics.rows,
+                      completed)
 
 
 class GracefulInterrupt:
