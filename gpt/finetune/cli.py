@@ -16,7 +16,7 @@ from gpt.finetune.common import TASK_DEFAULTS, TASKS, FinetuneSettings
 from gpt.finetune.dpo import run_dpo
 from gpt.finetune.instruct import run_instruct
 from gpt.finetune.stories import run_chat
-from gpt.train.pretrain import TrainingError
+from gpt.train.loop import TrainingError
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
