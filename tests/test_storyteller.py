@@ -19,7 +19,8 @@ from gpt import GPT, GPTConfig, load_pretrained
 from gpt.chat.engine import ChatEngine, PromptTooLong
 from gpt.chat.templates import CHAT_TOKENS, ChatError, chat_template_for, get_template
 from gpt.core.generate import SamplingParams
-from gpt.data.conversations import RequestFacts
+from gpt.data.conversations import RequestFacts, make_conversations
+from gpt.data.corpora import DataError
 from gpt.finetune.cli import run_task
 from gpt.finetune.common import IGNORE_INDEX, FinetuneSettings, TrainingError
 from gpt.finetune.stories import (build_data, collate_examples, conversation_examples,
@@ -297,6 +298,25 @@ def test_train_py_chat_makes_a_storyteller_checkpoint(tmp_path, tokenizer, stori
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 1
+
+
+def test_train_py_chat_reads_conversations_from_jsonl(tmp_path, tokenizer):
+    conversations = make_conversations(stories_of(corpus(30, 5)), seed=0)
+    lines = [json.dumps(c.to_dict()) for c in conversations]
+    lines[-1] = lines[-1].replace('"split": "train"', '"split": "held_out"')
+    (tmp_path / "talk.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    save_checkpoint(tmp_path / "base", tiny_model(tokenizer), tokenizer)
+    settings = FinetuneSettings(task="chat", init=str(tmp_path / "base"),
+                                data=str(tmp_path / "talk.jsonl"), max_iters=2, batch_size=4,
+                                eval_interval=2, eval_iters=1, max_new_tokens=4, threads=1,
+                                out_dir=str(tmp_path / "runs"), run_name="jsonl", progress=False)
+    results = run_task(settings, log=lambda *_: None)
+    assert results["steps"] == 2 and results["val_rows"] == 1
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="bad.jsonl, line 1: not a conversation"):
+        run_task(dataclasses.replace(settings, data=str(tmp_path / "bad.jsonl"),
+                                     run_name="bad"), log=lambda *_: None)
+    assert not (tmp_path / "runs" / "bad").exists()          # refused before making a run
 
 
 def test_chat_needs_a_tokenizer_with_the_turn_tokens(tmp_path, stories_dir):

@@ -71,7 +71,8 @@ from gpt.data.corpora import DATASETS, DataError, load_text_splits
 from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
                                  run_summary, start_run, write_results)
 from gpt.io.checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
-                               load_training_state, resolve_checkpoint, save_checkpoint)
+                               load_training_state, read_settings_file, resolve_checkpoint,
+                               save_checkpoint)
 from gpt.train.evaluate import token_byte_lengths
 from gpt.train.loop import (METRICS_FILE, SETTINGS_FILE, TrainingError, create_run_directory,
                             training_threads)
@@ -375,16 +376,21 @@ def save_storyteller(directory: Path, model, tokenizer, state: dict,
     return path
 
 
-def train_chat(model, tokenizer, settings: FinetuneSettings, directory: Path,
-               log: Callable[[str], None] = print, *, resume_from: Path | None = None,
-               stop_after: int | None = None) -> tuple[dict, Any]:
-    """Fine-tune `model` in the run directory `directory` (made already), from the checkpoint
-    `resume_from` (directory/latest of an interrupted run) if given. Saves directory/latest
-    after every evaluation. Returns (results, LoopResult)."""
-    engine = ChatEngine(model, tokenizer, TEMPLATE)
-    data = prepare_data(engine, settings, log)
+def load_data(model, tokenizer, settings: FinetuneSettings,
+              log: Callable[[str], None] = print) -> ChatData:
+    """The rows to train `model` on (see `prepare_data`), with a line of what they are."""
+    data = prepare_data(ChatEngine(model, tokenizer, TEMPLATE), settings, log)
     log(f"conversations: {len(data.train):,} training rows, {len(data.val):,} validation rows"
         + "".join(f"; {v:,} {k.replace('_', ' ')}" for k, v in data.stats.items() if v))
+    return data
+
+
+def train_chat(model, tokenizer, settings: FinetuneSettings, data: ChatData, directory: Path,
+               log: Callable[[str], None] = print, *, resume_from: Path | None = None,
+               stop_after: int | None = None) -> tuple[dict, Any]:
+    """Fine-tune `model` on `data` in the run directory `directory` (made already), from the
+    checkpoint `resume_from` (directory/latest of an interrupted run) if given. Saves
+    directory/latest after every evaluation. Returns (results, LoopResult)."""
     pad = tokenizer.eot_id
     token_bytes = token_byte_lengths(tokenizer)
     rows = {"train": data.train, "val": data.val or data.train}
@@ -449,8 +455,9 @@ def run_chat(settings: FinetuneSettings, log: Callable[[str], None] = print) -> 
     """`python train.py chat --init RUN`: fine-tune a pretrained model into a storyteller."""
     model, tokenizer, init_dir = load_base(settings)
     ChatEngine(model, tokenizer, TEMPLATE)      # the tokenizer must have the turn tokens
+    data = load_data(model, tokenizer, settings, log)
     directory, _ = start_run(model, settings, log)
-    results, result = train_chat(model, tokenizer, settings, directory, log)
+    results, result = train_chat(model, tokenizer, settings, data, directory, log)
     results["init"] = str(init_dir)
     results["samples"] = showcase(ChatEngine(model, tokenizer, TEMPLATE),
                                   settings.max_new_tokens, log)
@@ -537,6 +544,9 @@ def run_chat_stage(run_directory: Path, settings: TrainSettings,
             return None
     resume_from = saved_checkpoint(stage / "latest") if (stage / SETTINGS_FILE).is_file() \
         else None
+    model = load_pretrained(resume_from or pretrained, dropout=settings.dropout)
+    tokenizer = load_tokenizer_from(resume_from or pretrained)
+    data = load_data(model, tokenizer, chat, log)
     if resume_from is not None:
         log(f"chat stage: resuming from {resume_from}")
     else:
@@ -544,10 +554,8 @@ def run_chat_stage(run_directory: Path, settings: TrainSettings,
             create_run_directory(chat, STAGE_DIR)
         (stage / METRICS_FILE).unlink(missing_ok=True)     # rows of a start that saved nothing
         log(f"chat stage: {chat.max_iters} steps of fine-tuning on conversations in {stage}")
-    model = load_pretrained(resume_from or pretrained, dropout=settings.dropout)
-    tokenizer = load_tokenizer_from(resume_from or pretrained)
-    results, result = train_chat(model, tokenizer, chat, stage, log, resume_from=resume_from,
-                                 stop_after=stop_after)
+    results, result = train_chat(model, tokenizer, chat, data, stage, log,
+                                 resume_from=resume_from, stop_after=stop_after)
     if result.steps < chat.max_iters:
         log(f"chat stage stopped at its step {result.steps}; resume with: python train.py "
             f"--resume {run_directory}")
@@ -568,17 +576,10 @@ def stage_done(run_directory: Path) -> bool:
 
 
 def read_run_settings(run_directory: Path, overrides: Mapping[str, Any]) -> TrainSettings:
-    """A run's TrainSettings from its settings.json, with `overrides` (when to stop, the
-    progress bar) from this command line."""
-    path = run_directory / SETTINGS_FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return TrainSettings(**{**saved, **overrides})
-    except FileNotFoundError:
-        raise TrainingError(f"cannot resume: {path} not found (is {run_directory} a run "
-                            f"directory written by train.py?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
-        raise TrainingError(f"cannot resume: {path} is damaged: {error}") from None
+    """A run's TrainSettings from its settings.json (checked: `read_settings_file`), with
+    `overrides` (when to stop, the progress bar) from this command line."""
+    saved = read_settings_file(run_directory / SETTINGS_FILE, TrainSettings)
+    return TrainSettings(**{**saved, **overrides})
 
 
 def pretrain_then_chat(settings: TrainSettings, resume: str | os.PathLike | None = None,
