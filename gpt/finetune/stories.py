@@ -538,8 +538,9 @@ def run_chat_stage(run_directory: Path, settings: TrainSettings,
     stage = run_directory / STAGE_DIR
     chat = stage_settings(settings, run_directory)
     stop_after = None
-    if settings.stop_after is not None:
-        stop_after = settings.stop_after - settings.max_iters
+    if settings.stop_after is not None:     # counted on from pretraining's last step
+        _, state = load_training_state(run_directory / "latest")
+        stop_after = settings.stop_after - int(state["step"] if state else settings.max_iters)
         if stop_after <= 0:
             return None
     resume_from = saved_checkpoint(stage / "latest") if (stage / SETTINGS_FILE).is_file() \
@@ -600,7 +601,8 @@ def pretrain_then_chat(settings: TrainSettings, resume: str | os.PathLike | None
     run = prepare_run(settings, resume=resume, log=log)
     summary = train(run)
     s = run.settings
-    if run.step < s.max_iters:
+    finished = summary["completed"] if "completed" in summary else run.step >= s.max_iters
+    if not finished:
         return summary
     reason = chat_stage_skipped(s, run.tokenizer)
     if reason is not None:
