@@ -68,6 +68,7 @@ from autograd.optim import clip_grad_norm
 from autograd.parallel import DataParallel, limit_blas_threads, split_batch
 from autograd.random import using_rng
 from gpt.errors import GPTError
+from gpt.io.checkpoint import newest_complete_checkpoint
 
 SETTINGS_FILE = "settings.json"
 METRICS_FILE = "metrics.jsonl"
@@ -426,15 +427,24 @@ class GracefulInterrupt:
 def create_run_directory(settings, default_name: str, hint: str = "") -> Path:
     """Create `settings.out_dir/(settings.run_name or default_name)` and write settings.json
     (the dataclass `settings`) into it; a directory that already holds a run is refused
-    (`hint` says what else to do)."""
+    (`hint` says what else to do). A run that stopped before its first checkpoint left
+    nothing to resume: its directory is started afresh."""
     directory = Path(settings.out_dir).expanduser() / (settings.run_name or default_name)
     if (directory / SETTINGS_FILE).exists():
-        raise TrainingError(f"run directory {directory} already holds a run; {hint}choose "
-                            f"another --run-name")
+        if has_checkpoint(directory):
+            raise TrainingError(f"run directory {directory} already holds a run; {hint}choose "
+                                f"another --run-name")
+        (directory / METRICS_FILE).unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2)
                                            + "\n", encoding="utf-8")
     return directory
+
+
+def has_checkpoint(directory: Path) -> bool:
+    """Does run `directory` hold a checkpoint (complete, of latest/ or best/) to resume from?"""
+    return any(newest_complete_checkpoint(directory / name) is not None
+               for name in ("latest", "best"))
 
 
 class MetricsLog:
