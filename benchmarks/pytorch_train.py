@@ -18,10 +18,9 @@ Two architectures, as in benchmarks/train.py:
   (rotate-half), optional RMSNorm of each head's queries and keys (QK-norm), ReLU² or SwiGLU
   MLP, no biases, untied output head; torch.optim.Muon (Nesterov, five Newton-Schulz steps)
   for the blocks' matrices and AdamW for embeddings, head and gains, clipping at 1.0.
-PyTorch uses its default intra-op threads (one per core).
+PyTorch uses the spec's "threads" intra-op threads (0 or absent: its default, one per core).
 """
 import json
-import math
 import sys
 import time
 
@@ -161,6 +160,8 @@ def llama_optimizers(model: Llama, spec: dict) -> list:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     if spec.get("arch", "gpt2") == "llama":
         model = Llama(**spec["model"])

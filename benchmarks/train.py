@@ -188,7 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
     parser.add_argument("--threads", type=int, default=0,
-                        help="data-parallel threads, as train.py --threads (0: one per core)")
+                        help="data-parallel threads, as train.py --threads (0: one per core); "
+                             "PyTorch's intra-op threads are set to the same")
     parser.add_argument("--pytorch", metavar="PYTHON",
                         help="a Python with torch installed: measure PyTorch alongside")
     parser.add_argument("--rounds", type=int, default=1,
@@ -206,7 +207,8 @@ def main() -> None:
             ours.append(_child([sys.executable, __file__, "--child", name,
                                 "--threads", str(args.threads)]))
             if args.pytorch:
-                theirs.append(_child([args.pytorch, yardstick, json.dumps(CONFIGS[name])]))
+                spec = {**CONFIGS[name], "threads": args.threads}
+                theirs.append(_child([args.pytorch, yardstick, json.dumps(spec)]))
         report(_median_run(ours), _median_run(theirs) if theirs else None)
 
 

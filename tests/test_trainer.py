@@ -1,6 +1,7 @@
 """The training loop (gpt.train.loop) and pretraining: one thread against several, schedule,
-clipping and metrics, the time budget, exact resume, checkpoints, bad input, and train.py end to
-end."""
+clipping and metrics, the time budget, exact resume (GPT-2 with AdamW, the modern Llama with
+Muon), checkpoints, bad input, and train.py end to end."""
+import io
 import json
 import math
 import os
@@ -19,11 +20,13 @@ from autograd.nn import Linear
 from autograd.optim import SGD, cosine_with_warmup
 from autograd.parallel import DataParallel
 from gpt import GPT, GPTConfig, load_pretrained
+from gpt.chat.cli import main as chat_main
+from gpt.core.llama import Llama
 from gpt.data.corpora import DataError
 from gpt.io.checkpoint import CheckpointError, load_training_state
 from gpt.train.loop import (DROPOUT, LoopConfig, MetricsLog, Task, TrainingError,
                             backward_batches, step_rng, train_loop)
-from gpt.train.pretrain import TrainSettings, prepare_run, train
+from gpt.train.pretrain import RECIPES, TrainSettings, prepare_run, train
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "".join(f"The {w} sat on the mat number {i}. It was a {w} day.\n"
@@ -382,3 +385,104 @@ def test_time_budget_ends_the_run_where_its_decay_ends(tmp_path, monkeypatch):
     again = train_loop(model, SGD(model.parameters(), lr=0.1), task, config,
                        MetricsLog(None, result.history), start_step=result.steps, log=quiet)
     assert again.steps_taken == 0 and again.completed
+
+
+# ----------------------------------------------------------------------------------------------
+# The modern family: llama + Muon
+
+
+def llama_settings(corpus, tmp_path, **overrides) -> TrainSettings:
+    modern = {k: v for k, v in RECIPES["modern"].items()
+              if k not in ("n_layer", "n_head", "n_embd", "block_size", "max_iters",
+                           "max_minutes", "warmup_iters")}
+    return settings(corpus, tmp_path, **{**modern, "n_head": 2, "n_kv_head": 1, "dropout": 0.0,
+                                         "softcap": 15.0, **overrides})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_llama_with_muon_resumes_bit_for_bit(corpus, tmp_path, threads):
+    straight = prepare_run(llama_settings(corpus, tmp_path, run_name="straight",
+                                          threads=threads), log=quiet)
+    assert isinstance(straight.model, Llama)
+    assert [type(o).__name__ for o in straight.optimizer.optimizers] == ["Muon", "AdamW"]
+    train(straight)
+    first_half = prepare_run(llama_settings(corpus, tmp_path, run_name="split", stop_after=5,
+                                            threads=threads), log=quiet)
+    assert train(first_half)["completed"] is False
+    resumed = prepare_run(llama_settings(corpus, tmp_path), resume=first_half.directory,
+                          log=quiet)
+    assert resumed.step == 5
+    assert train(resumed)["completed"] is True
+    assert step_losses(straight.directory) == step_losses(first_half.directory)
+    lrs = [r["lr"] for r in metrics_rows(first_half.directory) if "lr" in r]
+    assert lrs[-1] < lrs[3]                        # wsd ended in its decay
+    for (name, p), (_, q) in zip(straight.model.named_parameters(),
+                                 resumed.model.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    for a, b in zip(straight.optimizer.optimizers, resumed.optimizer.optimizers):
+        for (i, p_state), (j, q_state) in zip(sorted(a.state.items()), sorted(b.state.items())):
+            for key in p_state:
+                np.testing.assert_array_equal(p_state[key], q_state[key], err_msg=key)
+
+
+def test_llama_run_records_its_settings_and_chats(corpus, tmp_path):
+    run = prepare_run(llama_settings(corpus, tmp_path, run_name="modern", mlp="swiglu",
+                                     qk_norm=False, rope_theta=500.0), log=quiet)
+    train(run)
+    saved = json.loads((run.directory / "settings.json").read_text())
+    assert {k: saved[k] for k in ("arch", "optimizer", "schedule", "mlp", "qk_norm",
+                                  "untied_head", "zero_init_proj", "softcap", "rope_theta",
+                                  "n_layer", "n_embd", "n_kv_head", "intermediate_size")} == \
+        dict(arch="llama", optimizer="muon", schedule="wsd", mlp="swiglu", qk_norm=False,
+             untied_head=True, zero_init_proj=True, softcap=15.0, rope_theta=500.0, n_layer=2,
+             n_embd=16, n_kv_head=1, intermediate_size=64)      # 8/3 * 16 rounded up to 32s
+    model = load_pretrained(run.directory)
+    assert isinstance(model, Llama) and model.lm_head is not None
+    config = model.config
+    assert (config.n_head, config.n_kv_head, config.mlp, config.qk_norm, config.rope_theta,
+            config.logit_softcap, config.tie_word_embeddings) == (2, 1, "swiglu", False, 500.0,
+                                                                 15.0, False)
+    out = io.StringIO()
+    status = chat_main(["--ckpt", str(run.directory), "--max-new-tokens", "4", "--seed", "0"],
+                       stdin=io.StringIO("The cat\n"), stdout=out)
+    assert status in (0, None) and out.getvalue().strip()
+
+
+def test_modern_settings_are_checked(corpus, tmp_path):
+    for overrides, message in [(dict(preset="gpt2"), "is a GPT-2 shape"),
+                               (dict(mlp="gelu"), "--mlp must be one of"),
+                               (dict(optimizer="lion"), "--optimizer must be one of"),
+                               (dict(schedule="linear"), "--schedule must be one of"),
+                               (dict(max_iters=None), "needs an end"),
+                               (dict(decay_fraction=0.0), "--decay-fraction"),
+                               (dict(n_kv_head=3), "cannot be shared out evenly")]:
+        with pytest.raises(TrainingError, match=message):
+            prepare_run(llama_settings(corpus, tmp_path, **overrides), log=quiet)
+
+
+def test_train_py_recipes_and_options():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_main", REPO / "train.py")
+    train_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_py)
+    modern, _ = train_py.parse_settings([])
+    assert (modern.arch, modern.optimizer, modern.max_iters) == ("llama", "muon", None)
+    assert modern.max_minutes == RECIPES["modern"]["max_minutes"]
+    gpt2, _ = train_py.parse_settings(["--recipe", "gpt2"])
+    assert gpt2 == TrainSettings(**train_py.MAIN_JOB)     # the book's recipe: the old defaults
+    preset, _ = train_py.parse_settings(["--preset", "shakespeare-char"])   # a GPT-2 shape
+    assert preset == TrainSettings(**train_py.MAIN_JOB, preset="shakespeare-char")
+    chosen, resume = train_py.parse_settings(
+        ["--no-qk-norm", "--mlp", "swiglu", "--max-minutes", "0", "--max-iters", "50",
+         "--muon-lr", "0.03", "--resume", "runs/x"])
+    assert (chosen.qk_norm, chosen.mlp, chosen.max_minutes, chosen.max_iters,
+            chosen.muon_lr, resume) == (False, "swiglu", None, 50, 0.03, "runs/x")
+
+
+def test_llama_run_in_minutes_ends_on_time_and_records_its_length(corpus, tmp_path):
+    run = prepare_run(llama_settings(corpus, tmp_path, run_name="timed", max_iters=None,
+                                     max_minutes=0.02, eval_interval=1000), log=quiet)
+    summary = train(run)
+    assert summary["completed"] and summary["step"] >= 1
+    assert run.settings.max_iters == summary["step"]     # what comes next counts on from there
+    assert json.loads((run.directory / "settings.json").read_text())["max_iters"] is None

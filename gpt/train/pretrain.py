@@ -1,14 +1,24 @@
 """Pretraining a GPT from scratch: what `python train.py` runs.
 
-    settings -> text -> tokenizer -> token ids -> model + AdamW -> the loop (gpt.train.loop)
+    settings -> text -> tokenizer -> token ids -> model + optimizer -> the loop (gpt.train.loop)
+
+Two model families: "gpt2" (gpt.core.model.GPT, the book's model: learned positions,
+LayerNorm, GELU, tied head) and "llama" (gpt.core.llama.Llama: rotary positions, RMSNorm,
+optionally QK-norm, ReLU² or SwiGLU, no biases, an untied head, zero-initialised output
+projections). Two optimizers: AdamW for every parameter, or Muon for the blocks' matrices with
+AdamW for embeddings, head and gains (autograd.optim.muon_with_adamw). `TrainSettings`' own
+defaults are the book's GPT-2 recipe; `RECIPES["modern"]` is what `python train.py` runs,
+chosen by measurement (docs/model-and-training.md).
 
 A pretraining step (the loop's `Task`): draw `grad_accum` random batches of `batch_size`
 windows from the training tokens (from step_rng(seed, step)), each a (x, y) pair of (B, T) token
-ids, and the model's mean next-token loss on them. The schedule is a warmup and a cosine
-decay. Every `eval_interval` steps: the mean loss (and bits per byte) over `eval_iters`
+ids, and the model's mean next-token loss on them. The schedule is a warmup, then a cosine
+decay or warmup-stable-decay, over `max_iters` steps or a wall-clock budget of
+`max_minutes` (see gpt.train.loop). Every `eval_interval` steps: the mean loss (and bits per byte) over `eval_iters`
 batches of train and val, a text sample, and a checkpoint (`latest/`, and `best/` when val
 improved). A checkpoint holds the weights, the optimizer's moments and the step, so a resumed
-run computes bit for bit what an uninterrupted one would have (see gpt.train.loop).
+run computes bit for bit what an uninterrupted one would have (see gpt.train.loop), when its
+length is a number of steps.
 """
 from __future__ import annotations
 
@@ -26,12 +36,13 @@ import numpy as np
 
 import autograd.random
 from autograd import no_grad
-from autograd.optim import AdamW, decay_groups
+from autograd.optim import AdamW, MultiOptimizer, decay_groups, muon_with_adamw
 from autograd.parallel import DataParallel, default_threads, split_batch
 from bpe import CharTokenizer, Tokenizer, load_tokenizer
 from gpt.chat.templates import CHAT_TOKENS
 from gpt.core.config import PRESETS, GPTConfig
 from gpt.core.generate import SamplingParams, generate
+from gpt.core.llama import MLP_KINDS, Llama, LlamaConfig
 from gpt.core.model import GPT
 from gpt.data.corpora import fetch, load_text_splits
 from gpt.data.tokens import TokenData
@@ -39,36 +50,62 @@ from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, load_traini
                                resolve_checkpoint, save_checkpoint)
 from gpt.io.files import cache_dir
 from gpt.train.evaluate import bits_per_byte, token_byte_lengths
-from gpt.train.loop import (BATCHES, METRICS_FILE, SETTINGS_FILE, TRAIN_EVAL, VAL_EVAL,
-                            LoopConfig, MetricsLog, Task, TrainingError, create_run_directory,
-                            step_rng, train_loop, training_threads)
+from gpt.train.loop import (BATCHES, METRICS_FILE, SCHEDULES, SETTINGS_FILE, TRAIN_EVAL,
+                            VAL_EVAL, LoopConfig, MetricsLog, Task, TrainingError,
+                            create_run_directory, step_rng, train_loop, training_threads)
+
+
+ARCHS = ("gpt2", "llama")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
 class TrainSettings:
-    """Everything that defines a pretraining run (saved as settings.json in the run directory)."""
+    """Everything that defines a pretraining run (saved as settings.json in the run directory).
+
+    The defaults are the book's GPT-2 recipe; `RECIPES` holds the one `python train.py` runs.
+    """
     # data and tokenizer
     data: str = "tinystories"
     data_dir: str | None = None
     tokenizer: str = "bpe"          # "bpe" (train one), "char", "gpt2", or a tokenizer file/dir
     vocab_size: int = 4096          # for a trained BPE
     # model
+    arch: str = "gpt2"              # "gpt2" (gpt.core.model.GPT) or "llama" (gpt.core.llama)
     preset: str | None = None       # start from a GPTConfig preset; the fields below override it
     n_layer: int | None = None
     n_head: int | None = None
     n_embd: int | None = None
     block_size: int | None = None
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True               # gpt2 only (llama has no biases)
+    # llama only:
+    n_kv_head: int | None = None    # key/value heads (None: n_head, no grouping)
+    intermediate_size: int | None = None  # the MLP's width (None: see llama_intermediate_size)
+    mlp: str = "relu2"              # "relu2" (down(relu(up x)^2)) or "swiglu"
+    qk_norm: bool = True            # RMSNorm of each head's queries and keys
+    untied_head: bool = True        # an output head of its own (else the token embedding)
+    zero_init_proj: bool = True     # o_proj and down_proj start at zero
+    softcap: float | None = None    # logits cap * tanh(logits / cap)
+    rope_theta: float = 10000.0
     init: str | None = None         # start from a pretrained checkpoint instead of random weights
     # optimisation
     batch_size: int = 16
     grad_accum: int = 1
-    max_iters: int = 2500           # with chat_iters: ~15 minutes of the default model on 2 cores
-    lr: float = 4e-3                # tuned for the small default model (see the README)
-    min_lr: float = 4e-4
+    max_iters: int | None = 2500    # the run's length in steps (None: max_minutes alone); with
+                                    # chat_iters: ~15 minutes of the gpt2 recipe on 2 cores
+    max_minutes: float | None = None  # a wall-clock budget (the schedule ends there)
+    optimizer: str = "adamw"        # "adamw", or "muon" (+ AdamW for embeddings, head, gains)
+    lr: float = 4e-3                # AdamW's peak lr (with muon: that of the gains)
+    min_lr: float = 4e-4            # lr's floor at the end; every other lr falls in proportion
+    schedule: str = "cosine"        # "cosine", "wsd" (warmup-stable-decay) or "constant"
+    decay_fraction: float = 0.2     # wsd: the last part of the run, a linear decay to min_lr
     warmup_iters: int = 100
-    weight_decay: float = 0.1
+    muon_lr: float = 0.02           # muon: the peak lr of the blocks' matrices
+    muon_momentum: float = 0.95
+    embedding_lr: float | None = None   # muon: AdamW's lr of the token embedding (None: lr)
+    head_lr: float | None = None    # muon: AdamW's lr of an untied output head (None: lr)
+    weight_decay: float = 0.1       # AdamW's, of matrices (with muon: embedding and head)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -92,19 +129,59 @@ class TrainSettings:
             raise TrainingError(f"--threads must be >= 0 (0: one per core), got {self.threads}")
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters",
                      "vocab_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got "
                                     f"{getattr(self, name)}")
+        for name, value, choices in (("arch", self.arch, ARCHS), ("mlp", self.mlp, MLP_KINDS),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("schedule", self.schedule, SCHEDULES)):
+            if value not in choices:
+                raise TrainingError(f"--{name} must be one of {', '.join(choices)}, got "
+                                    f"{value!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise TrainingError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        if self.preset is not None and self.arch != "gpt2":
+            raise TrainingError(f"--preset {self.preset} is a GPT-2 shape: use it with --arch "
+                                f"gpt2, or give --n-layer/--n-head/--n-embd")
+        if self.max_iters is None and self.max_minutes is None:
+            raise TrainingError("the run needs an end: --max-iters, --max-minutes or both")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise TrainingError(f"--max-minutes must be > 0, got {self.max_minutes}")
         if not 0 <= self.min_lr <= self.lr:
             raise TrainingError(f"need 0 <= min_lr <= lr, got {self.min_lr} and {self.lr}")
         if self.chat_iters < 0 or not self.chat_lr > 0:
             raise TrainingError(f"need --chat-iters >= 0 and --chat-lr > 0, got "
                                 f"{self.chat_iters} and {self.chat_lr}")
-        if self.warmup_iters > self.max_iters:
+        for name in ("muon_lr", "embedding_lr", "head_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise TrainingError(f"--{name.replace('_', '-')} must be > 0, got "
+                                    f"{getattr(self, name)}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise TrainingError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.max_iters is not None and self.warmup_iters > self.max_iters:
             raise TrainingError(f"warmup_iters ({self.warmup_iters}) exceeds max_iters "
                                 f"({self.max_iters})")
+
+    def peak_and_floor(self) -> tuple[float, float]:
+        """The schedule's peak and final lr, in the units of the optimizer's reference lr:
+        AdamW's lr, or Muon's (whose ratio to min_lr is lr's: every group decays alike)."""
+        if self.optimizer == "adamw":
+            return self.lr, self.min_lr
+        return self.muon_lr, self.muon_lr * (self.min_lr / self.lr if self.lr > 0 else 0.0)
+
+
+# The recipes of `python train.py --recipe NAME`: TrainSettings fields that differ from its
+# defaults (which are "gpt2"). "modern" is the main job, chosen by measurement: the lowest
+# validation bits per byte for the same minutes on 2 cores (the ablations:
+# docs/model-and-training.md). Its pretraining stops at 12.5 minutes: the chat stage takes
+# the rest of the main job's 15.
+RECIPES: dict[str, dict[str, Any]] = {
+    "gpt2": {},
+    "modern": dict(arch="llama", n_layer=4, n_head=4, n_embd=192, block_size=256,
+                   optimizer="muon", lr=4e-3, min_lr=0.0, muon_lr=0.02, schedule="wsd",
+                   decay_fraction=0.3, warmup_iters=50, beta1=0.8, beta2=0.95,
+                   weight_decay=0.0, max_iters=None, max_minutes=12.5),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,16 +226,55 @@ def build_tokenizer(settings: TrainSettings, train_text: str, val_text: str):
 DEFAULT_MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=128)
 
 
-def model_config(settings: TrainSettings, vocab_size: int) -> GPTConfig:
+def llama_intermediate_size(n_embd: int, mlp: str) -> int:
+    """The MLP width when none is given: 4 n_embd for ReLU² (two matrices, as GPT-2's MLP);
+    for SwiGLU, whose three matrices would cost 1.5x that, 8/3 n_embd rounded up to a multiple
+    of 32: the same parameters and multiply-adds."""
+    if mlp == "relu2":
+        return 4 * n_embd
+    return -(-8 * n_embd // (3 * 32)) * 32
+
+
+def model_config(settings: TrainSettings, vocab_size: int) -> GPTConfig | LlamaConfig:
     base = dict(PRESETS[settings.preset]) if settings.preset else dict(DEFAULT_MODEL)
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         if getattr(settings, name) is not None:
             base[name] = getattr(settings, name)
-    base.update(vocab_size=vocab_size, dropout=settings.dropout, bias=settings.bias)
+    base.update(vocab_size=vocab_size, dropout=settings.dropout)
     try:
-        return GPTConfig(**base)
+        if settings.arch == "gpt2":
+            return GPTConfig(**base, bias=settings.bias)
+        return LlamaConfig(
+            **base, n_kv_head=settings.n_kv_head or base["n_head"],
+            intermediate_size=settings.intermediate_size or
+            llama_intermediate_size(base["n_embd"], settings.mlp),
+            rope_theta=settings.rope_theta, qk_norm=settings.qk_norm,
+            tie_word_embeddings=not settings.untied_head, mlp=settings.mlp,
+            zero_init_proj=settings.zero_init_proj, logit_softcap=settings.softcap)
     except ValueError as error:
         raise TrainingError(str(error)) from None
+
+
+def build_model(settings: TrainSettings, vocab_size: int) -> GPT | Llama:
+    """A model of random weights, drawn from the run's seed."""
+    autograd.random.manual_seed(settings.seed)
+    config = model_config(settings, vocab_size)
+    return GPT(config) if isinstance(config, GPTConfig) else Llama(config)
+
+
+def build_optimizer(model: GPT | Llama, settings: TrainSettings) -> AdamW | MultiOptimizer:
+    """AdamW over every parameter (matrices decayed), or Muon for the blocks' matrices and
+    AdamW for the embedding, the head and the gains (autograd.optim.muon_with_adamw)."""
+    betas = (settings.beta1, settings.beta2)
+    if settings.optimizer == "adamw":
+        return AdamW(decay_groups(model, settings.weight_decay), lr=settings.lr, betas=betas)
+    try:
+        return muon_with_adamw(model, lr=settings.muon_lr, momentum=settings.muon_momentum,
+                               adamw_lr=settings.lr, embedding_lr=settings.embedding_lr,
+                               head_lr=settings.head_lr, betas=betas,
+                               adamw_weight_decay=settings.weight_decay)
+    except ValueError as error:
+        raise TrainingError(f"--optimizer muon: {error}") from None
 
 
 def estimate_loss(model: GPT, data: TokenData, batch_size: int, eval_iters: int, seed: int,
@@ -215,10 +331,10 @@ class Run:
     """A run directory: settings.json, metrics.jsonl, loss.png, latest/ and best/."""
     directory: Path
     settings: TrainSettings
-    model: GPT
+    model: GPT | Llama
     tokenizer: Any
     data: TokenData
-    optimizer: AdamW
+    optimizer: AdamW | MultiOptimizer
     metrics: MetricsLog
     step: int = 0
     best_val: float = math.inf
@@ -287,8 +403,13 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
             raise TrainingError(f"--init model has a vocabulary of {model.config.vocab_size}, "
                                 f"the tokenizer {tokenizer.vocab_size}")
     else:
-        autograd.random.manual_seed(settings.seed)
-        model = GPT(model_config(settings, tokenizer.vocab_size))
+        model = build_model(settings, tokenizer.vocab_size)
+        # settings.json records the shape the defaults gave, so the run says what it trained.
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            setattr(settings, name, getattr(model.config, name))
+        if isinstance(model, Llama):
+            settings.n_kv_head = model.config.n_kv_head
+            settings.intermediate_size = model.config.intermediate_size
     for split in ("train", "val"):
         if len(data.split(split)) < model.config.block_size + 1:
             raise TrainingError(
@@ -296,8 +417,7 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
                 f"block_size + 1 = {model.config.block_size + 1}: use a smaller --block-size "
                 f"or more text")
 
-    optimizer = AdamW(decay_groups(model, settings.weight_decay), lr=settings.lr,
-                      betas=(settings.beta1, settings.beta2))
+    optimizer = build_optimizer(model, settings)
     if optimizer_state is not None:
         try:
             optimizer.load_state_dict(optimizer_state)
@@ -315,19 +435,25 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
 
 
 def train(run: Run) -> dict:
-    """Train until max_iters (or stop_after, or Ctrl-C); returns a summary dict."""
+    """Train until max_iters or max_minutes (or stop_after, or Ctrl-C); returns a summary
+    dict ("completed": the run reached its end)."""
     s, model = run.settings, run.model
     block = model.config.block_size
     tokens_per_step = s.batch_size * block * s.grad_accum
     run.log(f"run directory: {run.directory}")
-    run.log(f"model: {model.num_parameters():,} parameters ({model.config.n_layer} layers, "
-            f"{model.config.n_head} heads, n_embd {model.config.n_embd}, context {block}, "
-            f"vocabulary {model.config.vocab_size}); {len(run.data.train):,} train tokens, "
-            f"{len(run.data.val):,} val tokens; {tokens_per_step:,} tokens per step")
+    run.log(f"model: {type(model).__name__}, {model.num_parameters():,} parameters "
+            f"({model.config.n_layer} layers, {model.config.n_head} heads, n_embd "
+            f"{model.config.n_embd}, context {block}, vocabulary {model.config.vocab_size}); "
+            f"{len(run.data.train):,} train tokens, {len(run.data.val):,} val tokens; "
+            f"{tokens_per_step:,} tokens per step; optimizer {s.optimizer}, schedule "
+            f"{s.schedule}" + (f", {s.max_minutes:g} minutes" if s.max_minutes else ""))
     token_bytes = token_byte_lengths(run.tokenizer)
+    peak, floor = s.peak_and_floor()
     config = LoopConfig(
-        max_steps=s.max_iters, lr=s.lr, schedule="cosine", warmup_steps=s.warmup_iters,
-        min_lr=s.min_lr, grad_clip=s.grad_clip, eval_interval=s.eval_interval,
+        max_steps=s.max_iters, lr=peak, schedule=s.schedule, warmup_steps=s.warmup_iters,
+        min_lr=floor, decay_fraction=s.decay_fraction,
+        max_seconds=s.max_minutes * 60 if s.max_minutes is not None else None,
+        grad_clip=s.grad_clip, eval_interval=s.eval_interval,
         stop_after=s.stop_after, seed=s.seed, progress=s.progress,
         failure_hint=f"The last good checkpoint is in {run.directory / 'latest'}. Try a lower "
                      f"--lr or --grad-clip.")
@@ -359,10 +485,15 @@ def train(run: Run) -> dict:
         result = train_loop(model, run.optimizer, task, config, run.metrics,
                             start_step=run.step, parallel=parallel, log=run.log)
     run.step = result.steps
+    if result.completed and s.max_iters is None:
+        # Its time budget ended the run: now its length in steps is known, and what comes
+        # after pretraining (the chat stage) counts its steps on from there.
+        s.max_iters = run.step
     final = result.final
     summary = {"step": run.step, "train_loss": final["train_loss"],
                "val_loss": final["val_loss"], "val_bpb": final["val_bpb"],
                "best_val_loss": run.best_val, "interrupted": result.interrupted,
+               "completed": result.completed,
                "minutes": (time.perf_counter() - started) / 60,
                "run_directory": str(run.directory)}
     run.log(f"best val loss {run.best_val:.4f}; checkpoints in {run.directory}")
