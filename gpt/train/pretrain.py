@@ -180,7 +180,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "modern": dict(arch="llama", n_layer=4, n_head=4, n_embd=192, block_size=256,
                    optimizer="muon", lr=4e-3, min_lr=0.0, muon_lr=0.02, schedule="wsd",
                    decay_fraction=0.3, warmup_iters=50, beta1=0.8, beta2=0.95,
-                   weight_decay=0.0, max_iters=None, max_minutes=12.5),
+                   weight_decay=0.0, max_iters=None, max_minutes=12.5,
+                   # a chat step costs about what a pretraining step does (a row of a story
+                   # instead of a window of text): 180 of this model's fill the 2.5 minutes
+                   chat_iters=180),
 }
 
 
