@@ -3,6 +3,7 @@ Hugging Face transformers + PyTorch: decode tokens/s, prefill, time to first tok
 
     python benchmarks/chat_models.py --model qwen3-0.6b --rounds 3
     python benchmarks/chat_models.py --model all --hf-python /tmp/hfvenv/bin/python --rounds 3
+    python benchmarks/chat_models.py --threads 1 ...      # both sides on one core
 
 Models: random weights of the real shapes of SmolLM2-360M(-Instruct), Qwen3-0.6B and
 Llama-3.2-1B (speed and memory do not depend on what the weights say). Each is written once,
@@ -26,7 +27,8 @@ What a process does, batch of one, as a chat does:
   after the first token.
 Ours goes through gpt.core.generate.generate_tokens, the path chat.py takes; theirs is the
 same loop written with the model's forward (logits of the last position only) and a
-DynamicCache.
+DynamicCache. --threads sets both sides' threads (ours: Llama.inference_threads; theirs:
+torch.set_num_threads); by default each uses one per core.
 
 The limit: decoding one token reads every weight of the model once (the embedding only for
 one row, unless it is also the output head), so tokens/s can be no more than copy bandwidth /
@@ -42,13 +44,13 @@ import math
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from load_memory import status_kb
+from train import _child
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -180,7 +182,7 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 # One side, in its own process: print one JSON line
 
 
-def run_ours(directory: str, n_prompt: int, n_new: int) -> dict:
+def run_ours(directory: str, n_prompt: int, n_new: int, threads: int | None) -> dict:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
@@ -192,6 +194,7 @@ def run_ours(directory: str, n_prompt: int, n_new: int) -> dict:
     row = {"side": "ours", "imports_mb": status_kb("VmRSS") / 1024}
     start = time.perf_counter()
     model = load_pretrained(directory)
+    model.inference_threads = threads
     row["load_s"] = time.perf_counter() - start
     row["peak_load_mb"] = status_kb("VmHWM") / 1024
     vocab = model.config.vocab_size
@@ -210,10 +213,13 @@ def run_ours(directory: str, n_prompt: int, n_new: int) -> dict:
     return {**row, **_speeds(times, n_prompt), "peak_mb": status_kb("VmHWM") / 1024}
 
 
-def run_theirs(directory: str, n_prompt: int, n_new: int) -> dict:
+def run_theirs(directory: str, n_prompt: int, n_new: int, threads: int | None) -> dict:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, DynamicCache
+
+    if threads:
+        torch.set_num_threads(threads)
 
     row = {"side": "transformers", "imports_mb": status_kb("VmRSS") / 1024,
            "version": f"transformers {transformers.__version__}, torch {torch.__version__}, "
@@ -231,7 +237,7 @@ def run_theirs(directory: str, n_prompt: int, n_new: int) -> dict:
             cache = DynamicCache(config=model.config)
             ids = prompt
             for _ in range(n_new):
-                logits = model(input_ids=ids, past_key_values=cache, use_cache=True,
+                logits = model(input_ids=ids, cache=cache, use_cache=True,
                                logits_to_keep=1).logits
                 ids = logits[:, -1].argmax(dim=-1, keepdim=True)         # (1, 1), greedy
                 times.append(time.perf_counter())
@@ -244,23 +250,14 @@ def run_theirs(directory: str, n_prompt: int, n_new: int) -> dict:
 
 def _speeds(times: list[float], n_prompt: int) -> dict:
     first = times[1] - times[0]
+    steps = [b - a for a, b in zip(times[1:], times[2:])]
     return {"ttft_s": first, "prefill_tps": n_prompt / first,
-            "decode_tps": (len(times) - 2) / (times[-1] - times[1])}
+            "decode_tps": len(steps) / sum(steps),
+            "decode_median_tps": 1 / statistics.median(steps)}
 
 
 # ----------------------------------------------------------------------------------------------
 # The rounds and the table
-
-
-def _child(command: list[str]) -> dict:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    except OSError as error:                 # e.g. --hf-python names no program
-        raise SystemExit(f"cannot run {command[0]}: {error}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"{' '.join(command[:3])} failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -274,15 +271,19 @@ def bench(name: str, args: argparse.Namespace) -> None:
         write_checkpoint(name, directory)
     hf_config = MODELS[name]
     read_per_token = weight_bytes_per_token(hf_config)
-    child_args = ["--dir", str(directory), "--prompt", str(args.prompt), "--new", str(args.new)]
+    child_args = ["--dir", str(directory), "--prompt", str(args.prompt), "--new", str(args.new),
+                  "--threads", str(args.threads or 0)]
     ours, theirs, bandwidths = [], [], []
     for round_ in range(args.rounds):
         bandwidths.append(copy_bandwidth())
-        ours.append(_child([sys.executable, __file__, "--child", "ours", *child_args]))
+        sides = [(ours, sys.executable, "ours")]
         if args.hf_python:
-            theirs.append(_child([args.hf_python, __file__, "--child", "theirs", *child_args]))
-        print(f"  round {round_ + 1}: copy {bandwidths[-1] / 1e9:.1f} GB/s; ours decode "
-              f"{ours[-1]['decode_tps']:.2f} tok/s, prefill {ours[-1]['prefill_tps']:.1f} tok/s"
+            sides.append((theirs, args.hf_python, "theirs"))
+        for runs, python, side in sides[::-1] if round_ % 2 else sides:   # who goes first
+            runs.append(_child([python, __file__, "--child", side, *child_args]))
+        print(f"  round {round_ + 1} (load {_load()}): copy {bandwidths[-1] / 1e9:.1f} GB/s; "
+              f"ours decode {ours[-1]['decode_tps']:.2f} tok/s, prefill "
+              f"{ours[-1]['prefill_tps']:.1f} tok/s"
               + (f"; transformers decode {theirs[-1]['decode_tps']:.2f} tok/s, prefill "
                  f"{theirs[-1]['prefill_tps']:.1f} tok/s" if theirs else ""), flush=True)
     bandwidth = statistics.median(bandwidths)
@@ -296,7 +297,8 @@ def bench(name: str, args: argparse.Namespace) -> None:
     if theirs:
         print(f"transformers side: {theirs[0]['version']}")
     sides = [("ours", ours)] + ([("transformers", theirs)] if theirs else [])
-    rows = [("decode tokens/s", "decode_tps", "{:.2f}"),
+    rows = [(f"decode tokens/s ({args.new - 1} steps)", "decode_tps", "{:.2f}"),
+            ("decode tokens/s (the median step)", "decode_median_tps", "{:.2f}"),
             ("  % of the bandwidth bound", None, "{:.0f} %"),
             (f"prefill tokens/s ({args.prompt}-token prompt)", "prefill_tps", "{:.1f}"),
             ("time to first token, s", "ttft_s", "{:.2f}"),
@@ -309,11 +311,11 @@ def bench(name: str, args: argparse.Namespace) -> None:
     for label, key, fmt in rows:
         cells = []
         for _, runs in sides:
-            value = 100 * _median(runs, "decode_tps") / bound if key is None else \
+            value = 100 * _median(runs, "decode_median_tps") / bound if key is None else \
                 _median(runs, key)
             cells.append(fmt.format(value))
         print(f"| {label:<40} | " + " | ".join(f"{c:>12}" for c in cells) + " |")
-    print(f"(float32 weights: {weight_bytes(hf_config) / MB:.0f} MB)\n", flush=True)
+    print(f"(float32 weights: {weight_bytes(hf_config) / MB:.0f} MB)", flush=True)
 
 
 def main() -> None:
@@ -325,6 +327,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=500, help="prompt tokens")
     parser.add_argument("--new", type=int, default=33,
                         help="tokens generated (the first comes from the prefill)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both sides (0: one per core)")
     parser.add_argument("--dir", default="/tmp/du-chat-models",
                         help="where the random checkpoints are written and kept")
     parser.add_argument("--child", choices=["ours", "theirs"], help=argparse.SUPPRESS)
@@ -333,12 +337,19 @@ def main() -> None:
         parser.error("--new must be at least 3 (the first token, then decode steps)")
     if args.child:
         run = run_ours if args.child == "ours" else run_theirs
-        print(json.dumps(run(args.dir, args.prompt, args.new)))
+        print(json.dumps(run(args.dir, args.prompt, args.new, args.threads or None)))
         return
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores", flush=True)
+    threads = args.threads or "one per core"
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, threads: {threads}; "
+          f"load average {_load()}", flush=True)
     for name in MODELS if args.model == "all" else [args.model]:
         bench(name, args)
+        print(f"{time.strftime('%H:%M')}, load average {_load()}\n", flush=True)
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages: the machine's other work, which slows both."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

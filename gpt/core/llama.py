@@ -312,6 +312,8 @@ class Llama(Module):
     The same interface as gpt.core.model.GPT: `forward(idx, kv_cache, last_only,
     return_hidden)`, `loss(idx, targets)`, `new_kv_cache(batch_size, max_length)`, and
     `config.block_size` / `config.vocab_size`; generation and the chat engine use either.
+    `inference_threads`: how many threads generation splits each layer over (None, the
+    default: one per core).
     """
 
     # The Linear layers LoRA adapts: attention's four projections and the MLP's.
@@ -431,6 +433,7 @@ class Llama(Module):
         return all(type(m) is Linear and m.bias is None for m in linears)
 
     def _shares(self) -> list[_Share]:
+        """How `_infer` splits the work over `inference_threads` (made once per count)."""
         threads = self.inference_threads or default_threads()
         if self._split is None or self._split[0] != threads:
             self._split = (threads, _split_work(self.config, threads))
@@ -507,19 +510,20 @@ def _normalise(norm: RMSNorm, x: np.ndarray) -> np.ndarray:
                             norm.eps)[0]
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}          # by number of worker threads
+_pools_lock = threading.Lock()
 
 
 def _in_threads(work: Callable[[_Share], np.ndarray], shares: list[_Share]) -> list[np.ndarray]:
-    """[work(share) for share in shares]: the first in this thread, the others in a pool."""
+    """[work(share) for share in shares]: the first in this thread, the others in a pool
+    (kept for the next call: a decode step meets the pool twice per layer)."""
     if len(shares) == 1:
         return [work(shares[0])]
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < len(shares) - 1:
-            _pool = ThreadPoolExecutor(len(shares) - 1, thread_name_prefix="llama-share")
-        pool = _pool
+    with _pools_lock:
+        pool = _pools.get(len(shares) - 1)
+        if pool is None:
+            pool = _pools[len(shares) - 1] = ThreadPoolExecutor(
+                len(shares) - 1, thread_name_prefix="llama-share")
     others = [pool.submit(work, share) for share in shares[1:]]
     return [work(shares[0])] + [future.result() for future in others]
 

@@ -40,9 +40,11 @@ class KVCache:
     instead of the whole context.
 
     Storage is (n_layer, B, n_head, capacity, head_size) for keys and for values. The capacity
-    starts small and doubles when a step needs more (up to `max_length`), so a model with a
-    context of 128k positions does not set aside gigabytes for a chat of a few hundred tokens;
-    each doubling copies what is cached once, a cost spread thinly over the steps it serves.
+    starts small and, when a step needs more, grows to twice what is needed (up to
+    `max_length`), so a model with a context of 128k positions does not set aside gigabytes
+    for a chat of a few hundred tokens; each growth copies what is cached once, a cost spread
+    thinly over the steps it serves, and a reply as long as its prompt fits in the room that
+    the prompt's prefill made.
     `n_head` counts the key/value heads (fewer than the query heads under grouped-query
     attention, which is the point of it).
     """
@@ -82,7 +84,7 @@ class KVCache:
     def _grow(self, needed: int) -> None:
         # Called before any layer has written this step: every layer's first `length`
         # positions are what there is to keep.
-        capacity = min(self.max_length, max(needed, 2 * self.keys.shape[3]))
+        capacity = min(self.max_length, 2 * max(needed, self.keys.shape[3]))
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = np.empty(old.shape[:3] + (capacity,) + old.shape[4:], dtype=old.dtype)
