@@ -115,19 +115,13 @@ def _same_state(a: Path, b: Path) -> bool:
     return (sa["step"], sa["best_val_loss"]) == (sb["step"], sb["best_val_loss"])
 
 
-NEEDS_RECOVER_RUN = pytest.mark.xfail(
-    strict=True, reason="needs the training loop to call gpt.io.checkpoint.recover_run on "
-                        "--resume (issue 12 items 4 and 5)")
-
 KILLS = [
     pytest.param("save:latest:start:2", id="between saves (any moment of training)"),
     pytest.param("save:latest:writing:2", id="writing latest"),
     pytest.param("save:latest:complete:2", id="latest staged, not swapped in"),
     pytest.param("save:best:moved_old:2", id="best.old and a complete .best.tmp"),
-    pytest.param("save:best:start:LAST", id="between latest and best at a new best",
-                 marks=NEEDS_RECOVER_RUN),
-    pytest.param("save:latest:complete:1", id="the first save staged, not swapped in",
-                 marks=NEEDS_RECOVER_RUN),
+    pytest.param("save:best:start:LAST", id="between latest and best at a new best"),
+    pytest.param("save:latest:complete:1", id="the first save staged, not swapped in"),
 ]
 
 

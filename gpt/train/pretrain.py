@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import time
@@ -46,7 +45,8 @@ from gpt.core.llama import MLP_KINDS, Llama, LlamaConfig
 from gpt.core.model import GPT
 from gpt.data.corpora import fetch, load_text_splits
 from gpt.data.tokens import TokenData
-from gpt.io.checkpoint import (load_pretrained, load_tokenizer_from, load_training_state,
+from gpt.io.checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
+                               load_training_state, read_settings_file, recover_run,
                                resolve_checkpoint, save_checkpoint)
 from gpt.io.files import cache_dir
 from gpt.train.evaluate import bits_per_byte, token_byte_lengths
@@ -360,20 +360,18 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
     if resume is not None:
         directory = Path(resume).expanduser()
         try:
-            saved = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainingError(f"cannot resume: {directory / SETTINGS_FILE} not found (is "
-                                f"{directory} a run directory written by train.py?)") from None
-        except json.JSONDecodeError as error:
-            raise TrainingError(f"cannot resume: {directory / SETTINGS_FILE} is corrupt: "
-                                f"{error}") from None
+            saved = read_settings_file(directory / SETTINGS_FILE, TrainSettings)
+        except CheckpointError as error:
+            raise TrainingError(f"cannot resume: {error}") from None
         # The saved settings define the run; only when to stop and how to show it may change.
         overrides = {"stop_after": settings.stop_after, "progress": settings.progress}
         settings = TrainSettings(**{**saved, **overrides})
-        latest = directory / "latest"
-        if not (latest.exists() or (directory / "latest.old").exists()):
-            raise TrainingError(f"cannot resume: {directory} has no latest/ checkpoint yet")
-        ckpt = resolve_checkpoint(latest if latest.exists() else directory / "latest.old")
+        # A crash may have left a save half done: put the checkpoints in order first.
+        ckpt = recover_run(directory)
+        if ckpt is None:
+            raise TrainingError(f"cannot resume: {directory} has no checkpoint yet (the run "
+                                f"stopped before its first save); run the same command without "
+                                f"--resume to start it again")
         optimizer_state, state = load_training_state(ckpt)
         if state is None or optimizer_state is None:
             raise TrainingError(f"cannot resume: {ckpt} is not a training checkpoint "
