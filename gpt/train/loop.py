@@ -139,7 +139,9 @@ class LoopConfig:
     seed: int = 0                   # of the dropout masks (see step_rng)
     progress: bool = True
     description: str = "training"   # the progress bar's label
-    failure_hint: str = ""          # added to the error when the loss is not finite
+    # Added to the error when the loss is not finite; a function is asked at that moment (what
+    # to say may depend on whether a checkpoint has been saved yet).
+    failure_hint: str | Callable[[], str] = ""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -353,8 +355,10 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
                 result = backward_batches(parallel, task.loss, task.batches(step), params,
                                           config.seed, step)
                 if not math.isfinite(result.loss):
+                    hint = config.failure_hint
+                    hint = hint() if callable(hint) else hint
                     raise TrainingError(f"the loss became {result.loss} at step {step}; "
-                                        f"stopping. {config.failure_hint}".rstrip())
+                                        f"stopping. {hint}".rstrip())
                 grad_norm = (clip_grad_norm(params, config.grad_clip) if config.grad_clip > 0
                              else float("nan"))
                 if parallel is not None:

@@ -13,12 +13,12 @@ chosen by measurement (docs/model-and-training.md).
 A pretraining step (the loop's `Task`): draw `grad_accum` random batches of `batch_size`
 windows from the training tokens (from step_rng(seed, step)), each a (x, y) pair of (B, T) token
 ids, and the model's mean next-token loss on them. The schedule is a warmup, then a cosine
-decay or warmup-stable-decay, over `max_iters` steps or a wall-clock budget of
-`max_minutes` (see gpt.train.loop). Every `eval_interval` steps: the mean loss (and bits per byte) over `eval_iters`
-batches of train and val, a text sample, and a checkpoint (`latest/`, and `best/` when val
-improved). A checkpoint holds the weights, the optimizer's moments and the step, so a resumed
-run computes bit for bit what an uninterrupted one would have (see gpt.train.loop), when its
-length is a number of steps.
+decay or warmup-stable-decay, over `max_iters` steps or a wall-clock budget of `max_minutes`
+(see gpt.train.loop). Every `eval_interval` steps: the mean loss (and bits per byte) over
+`eval_iters` batches of train and val, a text sample, and a checkpoint (`latest/`, and `best/`
+when val improved). A checkpoint holds the weights, the optimizer's moments and the step, so a
+resumed run computes bit for bit what an uninterrupted one would have (see gpt.train.loop),
+when its length is a number of steps.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from gpt.chat.templates import CHAT_TOKENS
 from gpt.core.config import PRESETS, GPTConfig
 from gpt.core.generate import SamplingParams, generate
 from gpt.core.llama import MLP_KINDS, Llama, LlamaConfig
+from gpt.core.memory import check_fits, training_estimate
 from gpt.core.model import GPT
 from gpt.data.corpora import fetch, load_text_splits
 from gpt.data.tokens import TokenData
@@ -50,12 +51,14 @@ from gpt.io.checkpoint import (CheckpointError, load_pretrained, load_tokenizer_
                                resolve_checkpoint, save_checkpoint)
 from gpt.io.files import cache_dir
 from gpt.train.evaluate import bits_per_byte, token_byte_lengths
-from gpt.train.loop import (BATCHES, METRICS_FILE, SCHEDULES, SETTINGS_FILE, TRAIN_EVAL,
-                            VAL_EVAL, LoopConfig, MetricsLog, Task, TrainingError,
-                            create_run_directory, step_rng, train_loop, training_threads)
+from gpt.train.loop import (BATCHES, METRICS_FILE, SCHEDULES, SETTINGS_FILE, TRAIN_EVAL, VAL_EVAL,
+                            LoopConfig, MetricsLog, Task, TrainingError, create_run_directory,
+                            has_checkpoint, step_rng, train_loop, training_threads)
 
 
 ARCHS = ("gpt2", "llama")
+# A trained BPE holds the 256 byte tokens and the special ones (<|endoftext|> and CHAT_TOKENS).
+MIN_BPE_VOCAB = 256 + 1 + len(CHAT_TOKENS)
 OPTIMIZERS = ("adamw", "muon")
 
 
@@ -147,8 +150,22 @@ class TrainSettings:
             raise TrainingError("the run needs an end: --max-iters, --max-minutes or both")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise TrainingError(f"--max-minutes must be > 0, got {self.max_minutes}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise TrainingError(f"need 0 <= min_lr <= lr, got {self.min_lr} and {self.lr}")
+        if not (math.isfinite(self.lr) and 0 <= self.min_lr <= self.lr):
+            raise TrainingError(f"need 0 <= min_lr <= lr, both finite, got {self.min_lr} and "
+                                f"{self.lr}")
+        for name, low in (("warmup_iters", 0), ("seed", 0), ("grad_clip", 0),
+                          ("weight_decay", 0)):
+            if not getattr(self, name) >= low:
+                raise TrainingError(f"--{name.replace('_', '-')} must be >= {low}, got "
+                                    f"{getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise TrainingError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.tokenizer == "bpe" and self.vocab_size < MIN_BPE_VOCAB:
+            raise TrainingError(f"--vocab-size must be at least {MIN_BPE_VOCAB} for a BPE (its "
+                                f"256 byte tokens and the special tokens), got {self.vocab_size}")
+        if Path(self.out_dir).expanduser().is_file():
+            raise TrainingError(f"--out-dir {self.out_dir} is a file, not a directory")
         if self.chat_iters < 0 or not self.chat_lr > 0:
             raise TrainingError(f"need --chat-iters >= 0 and --chat-lr > 0, got "
                                 f"{self.chat_iters} and {self.chat_lr}")
@@ -418,6 +435,11 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
                 f"block_size + 1 = {model.config.block_size + 1}: use a smaller --block-size "
                 f"or more text")
 
+    config = model.config
+    check_fits(training_estimate(model.num_parameters(), config.n_layer, config.n_embd,
+                                 config.n_head, config.vocab_size, settings.batch_size,
+                                 config.block_size),
+               "lower --batch-size or --block-size, or choose a smaller model")
     optimizer = build_optimizer(model, settings)
     if optimizer_state is not None:
         try:
@@ -456,8 +478,10 @@ def train(run: Run) -> dict:
         max_seconds=s.max_minutes * 60 if s.max_minutes is not None else None,
         grad_clip=s.grad_clip, eval_interval=s.eval_interval,
         stop_after=s.stop_after, seed=s.seed, progress=s.progress,
-        failure_hint=f"The last good checkpoint is in {run.directory / 'latest'}. Try a lower "
-                     f"--lr or --grad-clip.")
+        failure_hint=lambda: (f"The last good checkpoint is in {run.directory / 'latest'}. "
+                              if has_checkpoint(run.directory) else
+                              "No checkpoint was saved before it. ")
+                             + "Try a lower --lr or --grad-clip.")
 
     def batches(step: int) -> list[tuple[np.ndarray, np.ndarray]]:
         rng = step_rng(s.seed, step, BATCHES)
