@@ -1,11 +1,14 @@
 """Full training steps (forward, backward, gradient clipping, the optimizer): ms/iter, tokens/s,
 peak memory, and where the time goes.
 
-    python benchmarks/train.py                 # both configurations below
+    python benchmarks/train.py                 # every configuration below
     python benchmarks/train.py --config small  # one of them
     python benchmarks/train.py --pytorch /tmp/torchvenv/bin/python --rounds 3
                                                # against PyTorch, measured side by side
 
+Both wall time and CPU time (of all threads) are measured: on a machine that other jobs share,
+wall time depends on the load, CPU time much less (a thread pool that spins while it waits for
+a descheduled partner, as PyTorch's OpenMP does, shows in both).
 Without --pytorch the ratio is against the PyTorch figures the issue measured on this machine
 (its speed drifts by 20-40 % from hour to hour, so those are only a rough guide); with it, the
 same steps run in PyTorch (benchmarks/pytorch_train.py, in the Python given, which must have
@@ -51,7 +54,7 @@ CONFIGS = {
 }
 # PyTorch 2.13 eager, float32, same model and batch, on the same 2-core machine (the issues'
 # yardsticks, measured when each was written).
-PYTORCH_TOKENS_PER_SEC = {"small": 15_800, "large": 2_000, "modern": 1_500}
+PYTORCH_TOKENS_PER_SEC = {"small": 15_800, "large": 2_000, "modern": 5_800}
 
 GROUPS = {
     "linear": "matmuls (linear)",
@@ -113,11 +116,12 @@ def run_one(name: str, threads: int) -> dict:
     with DataParallel(threads) as parallel:
         for _ in range(3):                   # warm-up: allocations, thread pools
             step(parallel)
-        times = []
+        times, cpu_times = [], []
         for _ in range(spec["steps"]):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step(parallel)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     median = float(np.median(times))
 
     # Where the time goes: profiled in one thread (the profiler charges time by the clock, so
@@ -144,6 +148,7 @@ def run_one(name: str, threads: int) -> dict:
     return {"config": name, "params": model.num_parameters(), "batch": batch, "block": block,
             "threads": parallel.threads, "ms_per_iter": median * 1e3,
             "best_ms": min(times) * 1e3, "tokens_per_sec": batch * block / median,
+            "cpu_ms_per_iter": float(np.median(cpu_times)) * 1e3,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "shares": shares}
 
@@ -164,6 +169,11 @@ def report(result: dict, torch_result: dict | None = None) -> None:
     print(f"  {result['ms_per_iter']:.1f} ms/iter (best {result['best_ms']:.1f}), "
           f"{result['tokens_per_sec']:,.0f} tokens/s: {result['tokens_per_sec'] / torch:.2f}x "
           f"PyTorch's {torch:,.0f} ({where}); peak RSS {result['peak_rss_mb']:.0f} MB")
+    if torch_result is not None:
+        # CPU time (all threads): what a step costs whatever else the machine runs.
+        print(f"  CPU time {result['cpu_ms_per_iter']:.1f} ms/iter, PyTorch's "
+              f"{torch_result['cpu_ms_per_iter']:.1f}: "
+              f"{torch_result['cpu_ms_per_iter'] / result['cpu_ms_per_iter']:.2f}x")
     for group, share in sorted(result["shares"].items(), key=lambda kv: -kv[1]):
         print(f"    {group:<36} {100 * share:5.1f}%")
 
