@@ -483,3 +483,15 @@ def test_the_fault_hook_kills_at_the_named_point(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "save:latest:sometime")
     with pytest.raises(CheckpointError, match="sometime"):
         save(run / "latest", step=4)
+
+
+def test_weights_that_are_nan_are_refused_by_name(tmp_path):
+    from gpt import GPT, GPTConfig, load_pretrained, save_pretrained
+    from gpt.io.safetensors import load_file, save_file
+    save_pretrained(GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1,
+                                  n_embd=8)), tmp_path)
+    tensors = {k: np.array(v) for k, v in load_file(tmp_path / "model.safetensors").items()}
+    tensors["transformer.h.0.mlp.c_fc.weight"][0, 0] = np.nan
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="'h.0.mlp.c_fc.weight' holds NaN or infinite"):
+        load_pretrained(tmp_path)

@@ -54,3 +54,4 @@ def test_a_checkpoint_too_big_for_the_memory_is_refused_before_loading(tmp_path,
     with pytest.raises(MemoryEstimateError, match="the model needs about .* only 0 MiB is "
                                                   "available: .* too big for this machine"):
         load_pretrained(tmp_path)
+

@@ -202,7 +202,8 @@ def adopt_weights(model: GPT, state: dict[str, np.ndarray], dtype=np.float32,
     F16/BF16 tensors (widened by the reader), other dtypes and misaligned data are copied.
 
     Every name and shape is checked before anything changes; a mismatch raises a
-    CheckpointError listing the missing, unexpected and mis-shaped tensors.
+    CheckpointError listing the missing, unexpected and mis-shaped tensors, and a tensor that
+    holds NaN or an infinity is refused by name.
     """
     dtype = np.dtype(dtype)
     params = dict(model.named_parameters())
@@ -224,6 +225,12 @@ def adopt_weights(model: GPT, state: dict[str, np.ndarray], dtype=np.float32,
         for name, got in not_float[:10]:
             lines.append(f"  '{name}' holds {got}, not floating-point numbers")
         raise CheckpointError("\n".join(lines))
+    # A NaN or an infinity in a weight makes every output NaN: say which tensor, not
+    # "the reply was empty". (One pass over the weights, the cost of reading them once.)
+    for name in params:
+        if not np.isfinite(state[name]).all():
+            raise CheckpointError(f"{source}: tensor '{name}' holds NaN or infinite values; "
+                                  f"the checkpoint is damaged")
     for name, p in params.items():
         array = state[name]
         flags = array.flags
