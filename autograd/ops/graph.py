@@ -30,9 +30,9 @@ def record(out: np.ndarray, inputs: tuple[Tensor | None, ...],
     `backward` still returns one entry per input, and the entries of absent inputs are dropped
     here, so that the engine sees one gradient per tensor actually present.
     """
-    present = [i for i, t in enumerate(inputs) if t is not None]
-    if len(present) == len(inputs):
+    if all(t is not None for t in inputs):
         return Tensor._make(out, inputs, backward, op)
+    present = [i for i, t in enumerate(inputs) if t is not None]
 
     def backward_of_present_inputs(d_out: np.ndarray) -> tuple:
         grads = backward(d_out)
