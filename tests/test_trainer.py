@@ -486,3 +486,26 @@ def test_llama_run_in_minutes_ends_on_time_and_records_its_length(corpus, tmp_pa
     assert summary["completed"] and summary["step"] >= 1
     assert run.settings.max_iters == summary["step"]     # what comes next counts on from there
     assert json.loads((run.directory / "settings.json").read_text())["max_iters"] is None
+
+
+def test_the_end_never_evaluates_a_step_twice(tmp_path):
+    """A finished run resumed writes its last step's evaluation row once (the same guard keeps
+    a Ctrl-C that lands during an evaluation from writing it twice)."""
+    model = Linear(3, 2, rng=np.random.default_rng(0))
+    data = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    labels = np.arange(8) % 2
+    evaluated = []
+
+    def evaluate(step):
+        evaluated.append(step)
+        return {"val_loss": F.cross_entropy(model(Tensor(data)), labels).item()}
+    task = Task(lambda step: [(np.array([step % 8]),)],
+                lambda i: F.cross_entropy(model(Tensor(data[i])), labels[i]), evaluate)
+    config = LoopConfig(max_steps=4, lr=0.1, eval_interval=2, progress=False)
+    path = tmp_path / "metrics.jsonl"
+    train_loop(model, SGD(model.parameters(), lr=0.1), task, config, MetricsLog(path))
+    again = train_loop(model, SGD(model.parameters(), lr=0.1), task, config,
+                       MetricsLog.resume(path, up_to_step=4), start_step=4)
+    assert evaluated == [2, 4] and again.steps_taken == 0
+    assert [r["step"] for r in metrics_rows(tmp_path) if "eval_val_loss" in r] == [2, 4]
+    assert again.final["val_loss"] == pytest.approx(metrics_rows(tmp_path)[-1]["eval_val_loss"])

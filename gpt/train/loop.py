@@ -327,13 +327,24 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
         with tqdm.external_write_mode():                 # above the progress bar, not through it
             log(message)
 
+    # The last evaluation made (step, numbers): the end does not evaluate a step twice (a
+    # Ctrl-C during an evaluation, or a resumed run that had already finished).
+    last_eval: tuple[int, dict[str, float]] | None = None
+    for row in reversed(metrics.rows):
+        if row.get("step") == start_step and any(key.startswith("eval_") for key in row):
+            last_eval = (start_step, {key[len("eval_"):]: value for key, value in row.items()
+                                      if key.startswith("eval_")})
+            break
+
     def evaluation(step: int) -> dict[str, float]:
+        nonlocal last_eval
         numbers = task.evaluate(step)
         metrics.append({"step": step, "time": round(seconds_so_far(), 3),
                         **{f"eval_{k}": round(float(v), 5) for k, v in numbers.items()}})
         note = task.checkpoint(step, numbers) if task.checkpoint is not None else ""
         show(f"step {step}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
                                           for k, v in numbers.items()) + note)
+        last_eval = (step, numbers)
         return numbers
 
     def reached_end(step: int) -> bool:
@@ -388,7 +399,8 @@ def train_loop(model: Module, optimizer: Any, task: Task, config: LoopConfig,
             if interrupted:
                 log(f"interrupted at step {step}: evaluating and saving (Ctrl-C again to quit "
                     f"without saving)...")
-            final = evaluation(step)
+            final = (last_eval[1] if last_eval is not None and last_eval[0] == step
+                     else evaluation(step))
     finally:
         bar.close()
     if metrics.path is not None:
