@@ -25,8 +25,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class ConfigDict:
+    """What both model families' configs do with dicts (config.json stores ours whole)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """Build from a dict of our own keys; unknown keys are an error (a typo is not ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     """The shape of a GPT-2-style model.
 
     vocab_size: tokens the model reads and predicts. block_size: the longest context (number of
@@ -71,18 +87,6 @@ class GPTConfig:
             raise ValueError(f"unknown GPT preset {name!r}; known presets: "
                              f"{', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "GPTConfig":
-        """Build from a dict of our own keys; unknown keys are an error (a typo is not ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
     def num_parameters(self) -> int:
         """The parameter count of GPT(config), from the shapes alone (tied output head)."""

@@ -31,7 +31,6 @@ one. Every Linear stores its weight as (in, out), our layout; Hugging Face's fil
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -52,13 +51,14 @@ from autograd.ops.softcap import softcap, softcap_forward
 from autograd.ops.swiglu import swiglu, swiglu_forward
 from autograd.parallel import default_threads, limit_blas_threads
 from autograd.random import default_rng
+from gpt.core.config import ConfigDict
 from gpt.core.model import KVCache, cache_length, token_batch
 
 MLP_KINDS = ("swiglu", "relu2")
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ConfigDict):
     """The shape of a Llama-family model (Hugging Face's names in brackets).
 
     vocab_size; block_size: the longest context [max_position_embeddings]; n_layer blocks
@@ -131,18 +131,6 @@ class LlamaConfig:
     @property
     def head_size(self) -> int:
         return self.head_dim if self.head_dim is not None else self.n_embd // self.n_head
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "LlamaConfig":
-        """Build from a dict of our own keys; unknown keys are an error (a typo is not ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"LlamaConfig: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
     def num_parameters(self) -> int:
         """The parameter count of Llama(config), from the shapes alone."""
