@@ -223,14 +223,18 @@ class Tensor:
         out._op = op
         if _op_hook is not None:
             backward = _op_hook(op, backward)
-        if _state.grad_enabled and any(p.requires_grad for p in parents):
-            out.requires_grad = True
-            out._parents = parents
-            out._backward = backward
-        else:
-            out.requires_grad = False
-            out._parents = ()
-            out._backward = None
+        out.requires_grad = False
+        out._parents = ()
+        out._backward = None
+        if _state.grad_enabled:
+            # A plain loop, not any(<generator>): this runs for every op of every token
+            # generated, where building a generator costs about as much as the check.
+            for parent in parents:
+                if parent.requires_grad:
+                    out.requires_grad = True
+                    out._parents = parents
+                    out._backward = backward
+                    break
         return out
 
     def _lift(self, other) -> "Tensor":
@@ -519,10 +523,16 @@ class Tensor:
         """Reorder the axes.  The gradient is permuted by the inverse permutation."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        if sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
-            raise ValueError(f"permute{axes} is not a permutation of the {self.ndim} axes "
+        n_axes = self.data.ndim
+        axes = tuple(a % n_axes for a in axes)
+        if sorted(axes) != list(range(n_axes)):
+            raise ValueError(f"permute{axes} is not a permutation of the {n_axes} axes "
                              f"of shape {self.shape}")
-        inverse = tuple(np.argsort([a % self.ndim for a in axes]))
+        # The inverse permutation: output axis i is input axis axes[i], so the gradient's
+        # axis i goes back to position axes[i].
+        inverse = [0] * n_axes
+        for output_axis, input_axis in enumerate(axes):
+            inverse[input_axis] = output_axis
         return Tensor._make(self.data.transpose(axes), (self,),
                             lambda g: (g.transpose(inverse),), "permute")
 

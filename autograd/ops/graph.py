@@ -30,7 +30,7 @@ def record(out: np.ndarray, inputs: tuple[Tensor | None, ...],
     `backward` still returns one entry per input, and the entries of absent inputs are dropped
     here, so that the engine sees one gradient per tensor actually present.
     """
-    if all(t is not None for t in inputs):
+    if None not in inputs:              # Tensor has no __eq__: this tests identity
         return Tensor._make(out, inputs, backward, op)
     present = [i for i, t in enumerate(inputs) if t is not None]
 
