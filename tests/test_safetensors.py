@@ -92,6 +92,66 @@ def test_bf16_and_f16_written_by_hand_are_widened(tmp_path):
     assert raw["a_bf16"].dtype == np.uint16 and raw["b_f16"].dtype == np.float16
 
 
+# Every one of the 65,536 16-bit patterns, laid out as a (256, 256) matrix: as bfloat16 and as
+# float16 they hold both zeros, negatives, subnormals, both infinities and NaNs with payloads.
+EVERY_PATTERN = np.arange(2**16, dtype=np.uint32).astype("<u2").reshape(256, 256)
+
+
+def bfloat16_reference(bits: np.ndarray) -> np.ndarray:
+    """The plain widening: the 16 bits shifted into the top of a 32-bit word."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def write_every_pattern(path, dtype: str, shape=(256, 256)) -> None:
+    write_raw(path, {"w": {"dtype": dtype, "shape": list(shape), "data_offsets": [0, 2**17]}},
+              EVERY_PATTERN.tobytes())
+
+
+def test_every_bfloat16_and_float16_pattern_widens_exactly(tmp_path):
+    reference = bfloat16_reference(EVERY_PATTERN)
+    kinds = {"negative": (reference < 0).sum(), "inf": np.isinf(reference).sum(),
+             "nan": np.isnan(reference).sum(),
+             "subnormal": ((reference != 0) & (np.abs(reference) < np.finfo(np.float32).tiny)).sum()}
+    assert kinds["inf"] == 2 and all(count > 0 for count in kinds.values()), kinds
+    for dtype, expected in [("BF16", reference), ("F16", EVERY_PATTERN.view(np.float16).astype(np.float32))]:
+        path = tmp_path / f"{dtype}.safetensors"
+        write_every_pattern(path, dtype)
+        wide = load_file(path)["w"]
+        assert wide.dtype == np.float32 and wide.flags.c_contiguous and wide.flags.owndata
+        # Bit for bit, so that NaN payloads and the sign of zero count too.
+        np.testing.assert_array_equal(wide.view(np.uint32), expected.view(np.uint32))
+        # A transform's transposed view is widened and transposed in the same pass.
+        transposed = load_file(path, transform=lambda name, a: a.T)["w"]
+        assert transposed.flags.c_contiguous
+        np.testing.assert_array_equal(transposed.view(np.uint32), expected.T.view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(1, 65536), (65536, 1), (17, 3), (37, 1771), (4096, 16)])
+def test_transposing_loads_agree_with_a_plain_transpose_for_every_shape(tmp_path, shape):
+    # The transposing copy goes in bands of stored rows: shapes whose row count is not a
+    # multiple of the band, and degenerate ones, must come out the same as `.T`.
+    path = tmp_path / "w.safetensors"
+    bits = EVERY_PATTERN.reshape(-1)[:np.prod(shape)].reshape(shape)
+    for dtype, stored in [("BF16", bits), ("F32", bits.astype(np.float32))]:
+        write_raw(path, {"w": {"dtype": dtype, "shape": list(shape),
+                               "data_offsets": [0, stored.nbytes]}}, stored.tobytes())
+        for widen in (True, False):
+            loaded = load_file(path, widen=widen, transform=lambda name, a: a.T)["w"]
+            expected = bfloat16_reference(stored) if dtype == "BF16" and widen else stored
+            assert loaded.flags.c_contiguous and not np.shares_memory(loaded, stored)
+            assert loaded.dtype == expected.dtype
+            np.testing.assert_array_equal(loaded.view(np.uint8), np.ascontiguousarray(expected.T).view(np.uint8))
+
+
+def test_a_transform_view_that_is_already_in_order_stays_a_view_of_the_file(tmp_path):
+    # A float32 tensor that needs no rearranging is not copied: it stays in the mapped file.
+    path = tmp_path / "f.safetensors"
+    save_file({"v": np.arange(6, dtype=np.float32).reshape(2, 3)}, path)
+    kept = load_file(path, transform=lambda name, a: a[1:])["v"]
+    assert not kept.flags.owndata and not kept.flags.writeable
+    np.testing.assert_array_equal(kept, [[3, 4, 5]])
+
+
 def test_unsupported_array_dtype_is_refused(tmp_path):
     with pytest.raises(SafetensorsError, match="complex128"):
         save_file({"z": np.zeros(2, dtype=np.complex128)}, tmp_path / "z.safetensors")

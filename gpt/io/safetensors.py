@@ -20,7 +20,10 @@ overlaps, each exactly `prod(shape) * itemsize` long. This is the same rule the 
 implementation enforces, so a file we accept is a file it accepts.
 
 NumPy has no bfloat16. BF16 is the top half of a float32 (same exponent, 7-bit mantissa), so
-widening is exact: put the 16 stored bits in the high half of a 32-bit word.
+widening is exact: put the 16 stored bits in the high half of a 32-bit word. `load_file` does it
+in one pass per tensor, writing the bits straight into the high halves of a zeroed float32
+array (`_copy_in_c_order`); a tensor the loader must also transpose is widened and transposed in
+that same pass, band by band, so that both reads and writes stay within a few cache lines.
 
 Large checkpoints come in shards: `model-00001-of-00002.safetensors`, ... and an index,
 `model.safetensors.index.json`, whose "weight_map" names the shard of every tensor.
@@ -34,6 +37,7 @@ import math
 import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -69,6 +73,13 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 _NAME_OF_DTYPE = {dt: name for name, dt in DTYPES.items() if name != "BF16"}
+_HALF_PRECISION = ("F16", "BF16")
+# Which uint16 of a float32 holds its sign, exponent and top mantissa bits: the second on a
+# little-endian machine.
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
+# Rows of the stored matrix copied per step of a transposing copy: each output row then gets 16
+# consecutive float32, one 64-byte cache line, while 16 input rows stream in side by side.
+_TRANSPOSE_BAND = 16
 _MAX_HEADER = 100 * 1024 * 1024  # the reference reader's limit; a larger header is corrupt
 _METADATA = "__metadata__"
 
@@ -177,8 +188,10 @@ def load_file(
     """Load every tensor of a safetensors file, memory-mapped, in the file's order.
 
     Returned arrays are read-only views of the mapped file (no copy), except when
-    `widen=True` turns F16 and BF16 tensors into new float32 arrays. With `widen=False`,
-    F16 stays float16 and BF16 comes back as its raw uint16 bits (NumPy has no bfloat16).
+    `widen=True` turns F16 and BF16 tensors into new float32 arrays (exactly: every float16
+    and bfloat16 value, infinities, NaNs and subnormals included, is a float32). With
+    `widen=False`, F16 stays float16 and BF16 comes back as its raw uint16 bits (NumPy has
+    no bfloat16).
 
     `writable=True` maps the file copy-on-write instead: the arrays can be written (a model
     can train them in place), a written page becomes a private copy in this process, and the
@@ -187,9 +200,11 @@ def load_file(
     The file must not be changed in place while mapped (replacing it by a rename, as
     `save_file` does, is safe: the mapping keeps the old file).
 
-    `transform(name, array)`, if given, is applied to each tensor as it is read (after
-    widening) and its result is what is returned: a loader that must rearrange tensors (a
-    transpose, say) does it one tensor at a time, so the file is never held twice over.
+    `transform(name, array)`, if given, is applied to each tensor as it is read, to the
+    stored values (F16 as float16, BF16 as uint16 bits), and may return a view of them (a
+    transpose, say). The loader then copies a view that is not C-ordered, or one that must be
+    widened, into a new C-ordered array in a single pass: rearranging and widening cost one
+    trip through memory together, and one tensor at a time, so the file is never held twice over.
     """
     tensors, _, data_start = _read_header(path)
     # Map the whole file once (the header makes it non-empty: mmap cannot map zero bytes). The
@@ -201,12 +216,12 @@ def load_file(
     for name, info in tensors.items():
         begin, end = data_start + info.begin, data_start + info.end
         array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=mapped[begin:end])
-        if widen and info.dtype == "F16":
-            array = array.astype(np.float32)
-        elif widen and info.dtype == "BF16":
-            array = (array.astype(np.uint32) << 16).view(np.float32)
         if transform is not None:
             array = transform(name, array)
+        if widen and info.dtype in _HALF_PRECISION:
+            array = _copy_in_c_order(array, np.float32, from_bfloat16=info.dtype == "BF16")
+        elif not array.flags.c_contiguous and np.may_share_memory(array, mapped):
+            array = _copy_in_c_order(array, array.dtype)
         if not np.may_share_memory(array, mapped):      # a new array: the bytes are done with
             _release_pages(mapping, begin, end)
         out[name] = array
@@ -254,6 +269,34 @@ def load_sharded(
                 f"missing {missing[:5]}, not in the index {extra[:5]}"
             )
         out.update(tensors)
+    return out
+
+
+def _copy_in_c_order(stored: np.ndarray, dtype: np.dtype, from_bfloat16: bool = False) -> np.ndarray:
+    """A new C-ordered array of `dtype` holding `stored`, in one pass over its bytes.
+
+    `from_bfloat16=True`: `stored` holds bfloat16 bit patterns (uint16) and `dtype` is float32.
+    A bfloat16 is the high half of the float32 of the same value, with a low half of zeros, so
+    the bits are written straight into the high uint16 of each element of a zeroed float32
+    array (zeroed by the operating system as its pages are first touched): no uint32
+    intermediate, no shift, exact for every pattern (signs, infinities, NaN payloads,
+    subnormals). Otherwise the assignment casts (float16 -> float32 is exact too) or copies.
+
+    A transposed matrix (a view whose transpose is C-ordered, as `transform` makes of a stored
+    (out, in) weight) is copied `_TRANSPOSE_BAND` stored rows at a time: an element-by-element
+    transpose of a large matrix misses the cache on nearly every write, the bands do not.
+    """
+    if from_bfloat16:
+        out = np.zeros(stored.shape, dtype=np.float32)
+        target = out.view(np.uint16).reshape(*stored.shape, 2)[..., _HIGH_HALF]  # stored.shape
+    else:
+        out = target = np.empty(stored.shape, dtype=dtype)
+    if stored.ndim == 2 and not stored.flags.c_contiguous and stored.T.flags.c_contiguous:
+        for first in range(0, stored.shape[1], _TRANSPOSE_BAND):
+            band = slice(first, first + _TRANSPOSE_BAND)
+            target[:, band] = stored[:, band]
+    else:
+        target[...] = stored
     return out
 
 
