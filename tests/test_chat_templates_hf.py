@@ -412,6 +412,24 @@ def test_chat_py_shows_the_answer_and_leaves_the_reasoning_out_of_a_pipe(qwen3_d
     assert plain.getvalue() == "<b>bold</b>"
 
 
+def test_chat_py_threads_option_reaches_the_models_own_threads(qwen3_dir, monkeypatch):
+    # A Llama-family model splits each layer over threads of its own: --threads must set
+    # those as well as BLAS's, or --threads 1 still runs one thread per core.
+    seen = []
+    shares = Llama._shares
+
+    def spy(model):
+        seen.append(model.inference_threads)
+        return shares(model)
+
+    monkeypatch.setattr(Llama, "_shares", spy)
+    out = io.StringIO()
+    status = chat_main(["--ckpt", str(qwen3_dir), "--temperature", "0", "--threads", "1"],
+                       stdin=io.StringIO("Capital of France?\n"), stdout=out)
+    assert status == 0 and out.getvalue() == "Paris\n"
+    assert seen and set(seen) == {1}                         # every generation step
+
+
 def test_download_then_chat_by_name(qwen3_dir, serve, tmp_path, monkeypatch, capsys):
     files = {p.name: p.read_bytes() for p in qwen3_dir.iterdir()}
     listing = {"id": "Qwen/Qwen3-Tiny", "siblings": [

@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"that reasons first")
     s.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     s.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads per matrix product (default: NumPy's, all cores); 1 is "
-                        "much faster while another job keeps a core busy")
+                   help="threads per matrix product, and for Llama-family models the threads "
+                        "generation splits each layer over (default: all cores); 1 is much "
+                        "faster while another job keeps a core busy")
     srv = p.add_argument_group("server")
     srv.add_argument("--serve", action="store_true",
                      help="run the HTTP server (OpenAI API + web page) instead of the chat")
@@ -170,6 +171,10 @@ def _main(argv: list[str] | None, stdin: TextIO | None, stdout: TextIO | None) -
     thinks = engine.template.thinking and options.enable_thinking
     params = sampling_params(args, engine.sampling_defaults,
                              THINKING_MAX_NEW_TOKENS if thinks else DEFAULT_MAX_NEW_TOKENS)
+    # A Llama-family model splits each layer of generation over threads of its own, each
+    # calling BLAS: both counts must be limited, or --threads 1 still runs one per core.
+    if args.threads and hasattr(engine.model, "inference_threads"):
+        engine.model.inference_threads = args.threads
     # OpenBLAS's thread count is one setting for the whole process, changed here for the run.
     threads = limit_blas_threads(args.threads) if args.threads else nullcontext(True)
     with threads as limited:
