@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Optimizer", "SGD", "AdamW", "Muon", "MultiOptimizer", "clip_grad_norm",
            "decay_groups", "muon_param_groups", "muon_with_adamw", "orthogonalise",
-           "constant_lr", "cosine_with_warmup", "lr_schedule", "split_arrays", "join_arrays"]
+           "SCHEDULES", "constant_lr", "cosine_with_warmup", "lr_schedule", "scheduled_lr",
+           "split_arrays", "join_arrays"]
 
 # Elements per slice of the in-place update loops (the same slice size as the fused elementwise
 # ops): the five slices an Adam update juggles (p, g, m, v, scratch) stay in the CPU cache
@@ -883,15 +884,51 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # Learning-rate schedules: pure functions of the step number (0-based: the step about to be
-# taken), so a resumed run only needs to know which step it is at.
+# taken) and of how far the run is, so a resumed run only needs to know which step it is at.
+
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def scheduled_lr(kind: str, step: int, progress: float, lr: float, warmup_steps: int = 0,
+                 min_lr: float = 0.0, decay_fraction: float = 0.2) -> float:
+    """The learning rate of `step` under schedule `kind`, the run being `progress` of the way
+    from the end of warmup (0) to its end (1). `lr_schedule` explains the shapes:
+
+        step < warmup_steps:  lr * (step + 1) / warmup_steps
+        "constant":           lr
+        "cosine":             min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2
+        "wsd":                min_lr + (lr - min_lr) * min(1, (1 - progress) / decay_fraction)
+
+    Progress is the caller's to measure: steps done of the run's steps (`lr_schedule`), or the
+    larger of that and the time spent of a time budget (gpt.train.loop.LoopConfig). It is taken
+    as given: keep it in [0, 1].
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if kind == "constant":
+        return lr
+    if kind == "cosine":
+        return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "wsd":
+        left = (1.0 - progress) / decay_fraction        # > 1 until the decay begins
+        return min_lr + (lr - min_lr) * min(left, 1.0)
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def _step_progress(step: int, warmup_steps: int, total_steps: int) -> float:
+    """How far a run of `total_steps` is at `step`: 0 up to the end of warmup, 1 from
+    total_steps on."""
+    if step >= total_steps:
+        return 1.0
+    if step < warmup_steps:
+        return 0.0
+    return (step - warmup_steps) / (total_steps - warmup_steps)
 
 
 def constant_lr(step: int, lr: float, warmup_steps: int = 0) -> float:
     """`lr` at every step, after an optional linear warmup (see `cosine_with_warmup`)."""
     _check_step(step, warmup_steps)
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    return lr
+    return scheduled_lr("constant", step, 0.0, lr, warmup_steps)
 
 
 def cosine_with_warmup(step: int, max_lr: float, warmup_steps: int, total_steps: int,
@@ -901,23 +938,15 @@ def cosine_with_warmup(step: int, max_lr: float, warmup_steps: int, total_steps:
         step < warmup:          max_lr * (step + 1) / warmup_steps
         warmup <= step < total: min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
                                 progress = (step - warmup) / (total - warmup), from 0 to 1
-        step >= total:          min_lr
+        step >= total:          min_lr   (progress 1: cos(pi) = -1 exactly)
 
     Warmup lets Adam's second-moment estimates settle before the steps get large; the slow
     decay at the end lets the weights settle into a minimum instead of bouncing around it.
     """
     _check_step(step, warmup_steps)
-    if total_steps < warmup_steps:
-        raise ValueError(f"total_steps ({total_steps}) must be >= warmup_steps "
-                         f"({warmup_steps})")
-    if not 0.0 <= min_lr <= max_lr:
-        raise ValueError(f"need 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    if step >= total_steps:
-        return min_lr
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)
-    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    _check_run(warmup_steps, total_steps, max_lr, min_lr)
+    return scheduled_lr("cosine", step, _step_progress(step, warmup_steps, total_steps), max_lr,
+                        warmup_steps, min_lr)
 
 
 def _check_step(step: int, warmup_steps: int) -> None:
@@ -927,24 +956,67 @@ def _check_step(step: int, warmup_steps: int) -> None:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
 
 
-def lr_schedule(kind: str, lr: float, warmup_steps: int = 0, total_steps: int | None = None,
-                min_lr: float = 0.0) -> Callable[[int], float]:
-    """A schedule as a one-argument function of the step: "constant" or "cosine".
+def _check_run(warmup_steps: int, total_steps: int, max_lr: float, min_lr: float) -> None:
+    if total_steps < warmup_steps:
+        raise ValueError(f"total_steps ({total_steps}) must be >= warmup_steps "
+                         f"({warmup_steps})")
+    if not 0.0 <= min_lr <= max_lr:
+        raise ValueError(f"need 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
 
-        schedule = lr_schedule("cosine", 6e-4, warmup_steps=100, total_steps=5000, min_lr=6e-5)
+
+def lr_schedule(kind: str, lr: float, warmup_steps: int = 0, total_steps: int | None = None,
+                min_lr: float = 0.0, decay_fraction: float = 0.2) -> Callable[[int], float]:
+    """A schedule as a one-argument function of the step: "cosine", "wsd" or "constant".
+
+        schedule = lr_schedule("wsd", 4e-3, warmup_steps=50, total_steps=3000, decay_fraction=0.3)
         for step in range(start, total):
             optimizer.lr = schedule(step)
             ...
+
+    Every shape starts with the same warmup: lr * (step + 1) / warmup_steps over the first
+    `warmup_steps` steps, a straight line that reaches lr at the last of them. Adam divides by
+    a running mean of squared gradients that is still mostly its first few samples early on;
+    small steps until it settles keep those first updates from throwing the weights far off.
+
+    After warmup, let p run from 0 (the end of warmup) to 1 (the end of the run):
+    p = (step - warmup_steps) / (total_steps - warmup_steps), and 1 from total_steps on.
+
+    "constant": lr for ever. The run's length does not matter, so it needs no total_steps.
+
+    "cosine": lr(p) = min_lr + (lr - min_lr) * (1 + cos(pi p)) / 2. At p = 0 the cosine is 1
+        and lr(0) = lr; at p = 1 it is -1 and lr(1) = min_lr; halfway it is the mean of the
+        two. Its slope, -(lr - min_lr) * pi sin(pi p) / 2, is 0 at both ends: the rate leaves
+        the peak gently and lands softly on the floor, and it decays all run long.
+
+    "wsd" (warmup-stable-decay): hold lr, then fall in a straight line to min_lr over the last
+        `decay_fraction` f of the run. The line through (1 - f, lr) and (1, min_lr) is
+        lr(p) = min_lr + (lr - min_lr) * (1 - p) / f; before p = 1 - f that factor exceeds 1,
+        so lr(p) = min_lr + (lr - min_lr) * min(1, (1 - p) / f) is the whole schedule. The
+        high, constant rate makes fast progress for most of the run; the loss drops most
+        during the short decay at the end, where the weights settle. Unlike cosine, the run's
+        first 1 - f needs no knowledge of its end.
+
+    A schedule that needs the run's length (cosine, wsd) needs `total_steps`. A run whose
+    length is a wall-clock budget measures p otherwise and calls `scheduled_lr`, which holds
+    these formulas, directly (gpt.train.loop.LoopConfig.lr_at).
     """
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+    _check_step(0, warmup_steps)
     if kind == "constant":
-        _check_step(0, warmup_steps)
         return lambda step: constant_lr(step, lr, warmup_steps)
-    if kind == "cosine":
-        if total_steps is None:
-            raise ValueError("the cosine schedule needs total_steps")
-        cosine_with_warmup(0, lr, warmup_steps, total_steps, min_lr)     # validate now
-        return lambda step: cosine_with_warmup(step, lr, warmup_steps, total_steps, min_lr)
-    raise ValueError(f"unknown schedule {kind!r}; choose 'constant' or 'cosine'")
+    if total_steps is None:
+        raise ValueError(f"the {kind} schedule needs total_steps")
+    _check_run(warmup_steps, total_steps, lr, min_lr)
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
+
+    def schedule(step: int) -> float:
+        _check_step(step, warmup_steps)
+        return scheduled_lr(kind, step, _step_progress(step, warmup_steps, total_steps), lr,
+                            warmup_steps, min_lr, decay_fraction)
+
+    return schedule
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from autograd import Tensor
 from autograd.nn import Module
-from autograd.optim import clip_grad_norm
+from autograd.optim import SCHEDULES, clip_grad_norm, scheduled_lr
 from autograd.parallel import DataParallel, limit_blas_threads, split_batch
 from autograd.random import using_rng
 from gpt.errors import GPTError
@@ -117,9 +117,6 @@ class Task:
     loss: Callable[..., Tensor | tuple[Tensor, dict[str, float]]]
     evaluate: Callable[[int], dict[str, float]]
     checkpoint: Callable[[int, dict[str, float]], str] | None = None
-
-
-SCHEDULES = ("cosine", "wsd", "constant")
 
 
 @dataclass
@@ -176,17 +173,10 @@ class LoopConfig:
         return min(max(done, 0.0), 1.0)
 
     def lr_at(self, step: int, progress: float) -> float:
-        """The learning rate of `step`, at `progress` (`fraction_done`)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.lr
-        if self.schedule == "cosine":
-            return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi *
-                                                                                  progress))
-        # wsd: lr until the decay starts, then a straight line to min_lr at progress 1.
-        left = (1.0 - progress) / self.decay_fraction
-        return self.min_lr + (self.lr - self.min_lr) * min(left, 1.0)
+        """The learning rate of `step`, at `progress` (`fraction_done`): the formulas of
+        autograd.optim.lr_schedule, driven by progress since a time budget's is not the step's."""
+        return scheduled_lr(self.schedule, step, progress, self.lr, self.warmup_steps,
+                            self.min_lr, self.decay_fraction)
 
 
 @dataclass
