@@ -30,8 +30,8 @@ def _write_run(directory, rows, tail=""):
 def runs(tmp_path):
     """Two runs as train_loop writes them: step rows, and evaluation rows with eval_* numbers."""
     slow = _write_run(tmp_path / "slow", [
-        {"step": 1, "loss": 8.0, "lr": 0.001, "grad_norm": 1.0, "tokens_per_sec": 100, "time": 6.0},
-        {"step": 2, "loss": 7.0, "lr": 0.002, "grad_norm": 1.0, "tokens_per_sec": 100, "time": 12.0},
+        {"step": 1, "loss": 8.0, "lr": 0.001, "grad_norm": 1.0, "tokens_per_sec": 99, "time": 6.0},
+        {"step": 2, "loss": 7.0, "lr": 0.002, "grad_norm": 1.0, "tokens_per_sec": 99, "time": 12.0},
         {"step": 2, "time": 15.0, "eval_train_loss": 6.9, "eval_train_bpb": 2.5,
          "eval_val_loss": 7.1, "eval_val_bpb": 2.56},
     ])
