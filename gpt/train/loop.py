@@ -29,7 +29,8 @@ of steps (`max_steps`: p = (step - warmup) / (max_steps - warmup)), a wall-clock
 and then the one spent first ends it (p is the larger of the two). A budget in time is what a
 comparison of recipes at equal cost needs: a faster step then buys more steps, and the decay
 still ends at the budget. The learning rate of a time-budgeted run depends on how fast its
-steps ran, so such a run does not resume bit for bit (one in steps does).
+steps ran, so such a run does not resume bit for bit (one in steps does). The formulas are
+autograd.optim's (`lr_schedule` derives them); `LoopConfig.lr_at` gives them the progress.
 
 Randomness. The dropout masks of step s, micro-batch m, shard i come from
 `step_rng(seed, s, DROPOUT, m, i)`, and a task draws the batches of step s from
