@@ -497,6 +497,31 @@ def test_generation_path_gives_the_logits_of_forward(changes, threads):
     assert np.abs(hidden - expected_hidden).max() < 1e-5
 
 
+def test_decode_steps_slice_rope_tables_made_only_when_the_positions_outgrow_them(monkeypatch):
+    # Generation keeps cos and sin for positions 0 .. capacity - 1 and grows them, like the KV
+    # cache, to twice what a step needs (up to block_size): a decode step takes a slice.
+    import gpt.core.llama as llama_module
+    model = Llama(tiny_config(block_size=24, rope_theta=500.0), rng=np.random.default_rng(0)).eval()
+    made = []
+    real = llama_module.rope_tables
+    monkeypatch.setattr(llama_module, "rope_tables",
+                        lambda freqs, start, n, dtype: made.append((start, n)) or real(freqs, start, n, dtype))
+    tokens = np.random.default_rng(1).integers(0, 40, size=(1, 24))
+    with no_grad():
+        cache = model.new_kv_cache(batch_size=1)
+        parts = [model(tokens[:, :3], kv_cache=cache).data]                # positions 0..2
+        parts += [model(tokens[:, t:t + 1], kv_cache=cache).data for t in range(3, 24)]
+        full = model(tokens).data
+    assert made == [(0, 6), (0, 14), (0, 24)]          # 3 -> 6, 7 -> 14, 15 -> 30 cut to 24
+    assert np.abs(np.concatenate(parts, axis=1) - full).max() < 1e-5
+    # Every slice is, bit for bit, the table of its own positions.
+    freqs = model.layers[0].self_attn.rope_freqs
+    for start, T in [(0, 24), (5, 1), (23, 1), (7, 9)]:
+        for ours, theirs in zip(model._rope_for(start, T, np.dtype(np.float32)),
+                                real(freqs, start, T, np.float32)):
+            assert ours.shape == (T, model.config.head_size // 2) and np.array_equal(ours, theirs)
+
+
 def test_generation_with_lora_adapters_goes_through_the_modules():
     from gpt.finetune.lora import apply_lora
     model = Llama(tiny_config(), rng=np.random.default_rng(0))

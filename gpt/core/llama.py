@@ -320,6 +320,8 @@ class Llama(Module):
         # Threads that generation splits each layer over (None: one per core).
         self.inference_threads: int | None = None
         self._split: tuple[int, list[_Share]] | None = None
+        # Generation's RoPE cos and sin for positions 0 .. capacity - 1, each (capacity, D/2).
+        self._rope_cache: tuple[np.ndarray, np.ndarray] | None = None
         if not init_skipped():          # inside autograd.nn.skip_init(): weights come next
             self.init_weights(rng)
 
@@ -389,8 +391,7 @@ class Llama(Module):
         B, T = idx.shape
         kv_cache.reserve(start + T)          # grown here, not by parallel threads' stores
         shares = self._shares()
-        rope = rope_tables(self.layers[0].self_attn.rope_freqs, start, T,
-                           self.embed_tokens.weight.dtype)                # (T, D/2) cos, sin
+        rope = self._rope_for(start, T, self.embed_tokens.weight.dtype)   # (T, D/2) cos, sin
         with limit_blas_threads(1):          # each thread's products on its own core
             x = self.embed_tokens.weight.data[idx]                        # (B, T, C)
             for layer, block in enumerate(self.layers):
@@ -409,6 +410,24 @@ class Llama(Module):
         if self.config.logit_softcap is not None:
             logits = softcap_forward(logits, self.config.logit_softcap)
         return logits.reshape(*x.shape[:-1], -1)                          # (B, T, V)
+
+    def _rope_for(self, start: int, T: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """The RoPE cos and sin tables of positions start .. start + T - 1, (T, D/2) each.
+
+        Slices of tables kept for positions 0 .. capacity - 1, so that a decode step takes a
+        slice instead of a round of trigonometry. When a step goes past them they are made
+        anew for twice the positions needed (up to block_size), as the KV cache grows. Their
+        rows are exactly what `rope_tables(freqs, start, T)` gives: each row depends only on
+        its own position.
+        """
+        end = start + T
+        cached = self._rope_cache
+        if cached is None or len(cached[0]) < end or cached[0].dtype != dtype:
+            capacity = max(end, min(2 * end, self.config.block_size))
+            cached = self._rope_cache = rope_tables(self.layers[0].self_attn.rope_freqs, 0,
+                                                    capacity, dtype)
+        cos, sin = cached
+        return cos[start:end], sin[start:end]
 
     def _plain_projections(self) -> bool:
         """Whether every projection is a plain Linear without bias (a LoRA adapter is not),
