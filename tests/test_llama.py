@@ -501,11 +501,16 @@ def test_decode_steps_slice_rope_tables_made_only_when_the_positions_outgrow_the
     # Generation keeps cos and sin for positions 0 .. capacity - 1 and grows them, like the KV
     # cache, to twice what a step needs (up to block_size): a decode step takes a slice.
     import gpt.core.llama as llama_module
-    model = Llama(tiny_config(block_size=24, rope_theta=500.0), rng=np.random.default_rng(0)).eval()
+    model = Llama(tiny_config(block_size=24, rope_theta=500.0),
+                  rng=np.random.default_rng(0)).eval()
     made = []
     real = llama_module.rope_tables
-    monkeypatch.setattr(llama_module, "rope_tables",
-                        lambda freqs, start, n, dtype: made.append((start, n)) or real(freqs, start, n, dtype))
+
+    def counted(freqs, start, n, dtype):
+        made.append((start, n))
+        return real(freqs, start, n, dtype)
+
+    monkeypatch.setattr(llama_module, "rope_tables", counted)
     tokens = np.random.default_rng(1).integers(0, 40, size=(1, 24))
     with no_grad():
         cache = model.new_kv_cache(batch_size=1)

@@ -109,11 +109,13 @@ def write_every_pattern(path, dtype: str, shape=(256, 256)) -> None:
 
 def test_every_bfloat16_and_float16_pattern_widens_exactly(tmp_path):
     reference = bfloat16_reference(EVERY_PATTERN)
+    tiny = np.finfo(np.float32).tiny
     kinds = {"negative": (reference < 0).sum(), "inf": np.isinf(reference).sum(),
              "nan": np.isnan(reference).sum(),
-             "subnormal": ((reference != 0) & (np.abs(reference) < np.finfo(np.float32).tiny)).sum()}
+             "subnormal": ((reference != 0) & (np.abs(reference) < tiny)).sum()}
     assert kinds["inf"] == 2 and all(count > 0 for count in kinds.values()), kinds
-    for dtype, expected in [("BF16", reference), ("F16", EVERY_PATTERN.view(np.float16).astype(np.float32))]:
+    from_float16 = EVERY_PATTERN.view(np.float16).astype(np.float32)
+    for dtype, expected in [("BF16", reference), ("F16", from_float16)]:
         path = tmp_path / f"{dtype}.safetensors"
         write_every_pattern(path, dtype)
         wide = load_file(path)["w"]
@@ -140,7 +142,8 @@ def test_transposing_loads_agree_with_a_plain_transpose_for_every_shape(tmp_path
             expected = bfloat16_reference(stored) if dtype == "BF16" and widen else stored
             assert loaded.flags.c_contiguous and not np.shares_memory(loaded, stored)
             assert loaded.dtype == expected.dtype
-            np.testing.assert_array_equal(loaded.view(np.uint8), np.ascontiguousarray(expected.T).view(np.uint8))
+            np.testing.assert_array_equal(loaded.view(np.uint8),
+                                          np.ascontiguousarray(expected.T).view(np.uint8))
 
 
 def test_a_transform_view_that_is_already_in_order_stays_a_view_of_the_file(tmp_path):

@@ -272,7 +272,8 @@ def load_sharded(
     return out
 
 
-def _copy_in_c_order(stored: np.ndarray, dtype: np.dtype, from_bfloat16: bool = False) -> np.ndarray:
+def _copy_in_c_order(stored: np.ndarray, dtype: np.dtype,
+                     from_bfloat16: bool = False) -> np.ndarray:
     """A new C-ordered array of `dtype` holding `stored`, in one pass over its bytes.
 
     `from_bfloat16=True`: `stored` holds bfloat16 bit patterns (uint16) and `dtype` is float32.
