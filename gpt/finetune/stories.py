@@ -70,9 +70,9 @@ from gpt.data.conversations import (STORY_SEPARATOR, Conversation, ConversationE
 from gpt.data.corpora import DATASETS, DataError, load_text_splits
 from gpt.finetune.common import (IGNORE_INDEX, FinetuneSettings, evaluate_batches, fit, load_base,
                                  run_summary, start_run, write_results)
-from gpt.io.checkpoint import (CheckpointError, load_pretrained, load_tokenizer_from,
-                               load_training_state, read_settings_file, resolve_checkpoint,
-                               save_checkpoint)
+from gpt.io.checkpoint import (STATE_FILE, CheckpointError, load_pretrained,
+                               load_tokenizer_from, load_training_state, read_settings_file,
+                               resolve_checkpoint, save_checkpoint)
 from gpt.train.evaluate import token_byte_lengths
 from gpt.train.loop import (METRICS_FILE, SETTINGS_FILE, TrainingError, create_run_directory,
                             training_threads)
@@ -521,6 +521,16 @@ def keep_pretrained(run_directory: Path, log: Callable[[str], None] = print) -> 
     return pretrained
 
 
+def pretraining_steps(run_directory: Path) -> int:
+    """The step the finished pretraining ended at: that of its last checkpoint, RUN/latest/.
+    (A run in minutes learns its length only by running; its settings keep what was asked.)"""
+    _, state = load_training_state(run_directory / "latest")
+    if state is None:
+        raise CheckpointError(f"{run_directory / 'latest'} holds no {STATE_FILE}: cannot tell "
+                              f"the step pretraining ended at")
+    return int(state["step"])
+
+
 def saved_checkpoint(directory: Path) -> Path | None:
     """The checkpoint saved as `directory` (or what a crash in its save left), None if none."""
     try:
@@ -539,8 +549,7 @@ def run_chat_stage(run_directory: Path, settings: TrainSettings,
     chat = stage_settings(settings, run_directory)
     stop_after = None
     if settings.stop_after is not None:     # counted on from pretraining's last step
-        _, state = load_training_state(run_directory / "latest")
-        stop_after = settings.stop_after - int(state["step"] if state else settings.max_iters)
+        stop_after = settings.stop_after - pretraining_steps(run_directory)
         if stop_after <= 0:
             return None
     resume_from = saved_checkpoint(stage / "latest") if (stage / SETTINGS_FILE).is_file() \
@@ -601,8 +610,7 @@ def pretrain_then_chat(settings: TrainSettings, resume: str | os.PathLike | None
     run = prepare_run(settings, resume=resume, log=log)
     summary = train(run)
     s = run.settings
-    finished = summary["completed"] if "completed" in summary else run.step >= s.max_iters
-    if not finished:
+    if not summary["completed"]:           # stopped early (Ctrl-C, --stop-after): no stage yet
         return summary
     reason = chat_stage_skipped(s, run.tokenizer)
     if reason is not None:

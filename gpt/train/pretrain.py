@@ -459,7 +459,8 @@ def prepare_run(settings: TrainSettings, resume: str | os.PathLike | None = None
 
 def train(run: Run) -> dict:
     """Train until max_iters or max_minutes (or stop_after, or Ctrl-C); returns a summary
-    dict ("completed": the run reached its end)."""
+    dict ("step": where it ended, so a run in minutes' length in steps; "completed": the run
+    reached its end). The settings stay what was asked (max_iters None for a run in minutes)."""
     s, model = run.settings, run.model
     block = model.config.block_size
     tokens_per_step = s.batch_size * block * s.grad_accum
@@ -510,10 +511,6 @@ def train(run: Run) -> dict:
         result = train_loop(model, run.optimizer, task, config, run.metrics,
                             start_step=run.step, parallel=parallel, log=run.log)
     run.step = result.steps
-    if result.completed and s.max_iters is None:
-        # Its time budget ended the run: now its length in steps is known, and what comes
-        # after pretraining (the chat stage) counts its steps on from there.
-        s.max_iters = run.step
     final = result.final
     summary = {"step": run.step, "train_loss": final["train_loss"],
                "val_loss": final["val_loss"], "val_bpb": final["val_bpb"],
