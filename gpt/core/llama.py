@@ -215,9 +215,9 @@ class LlamaAttention(Module):
         D, n_rep = self.head_size, self.n_head // self.n_kv_head
         q_columns = slice(kv_heads.start * n_rep * D, kv_heads.stop * n_rep * D)
         kv_columns = slice(kv_heads.start * D, kv_heads.stop * D)
-        q = (rows @ self.q_proj.weight.data[:, q_columns]).reshape(B, T, -1, D)
-        k = (rows @ self.k_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
-        v = (rows @ self.v_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
+        q = _project(rows, self.q_proj.weight.data[:, q_columns]).reshape(B, T, -1, D)
+        k = _project(rows, self.k_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
+        v = _project(rows, self.v_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
         if self.q_norm is not None:
             q, k = _normalise(self.q_norm, q), _normalise(self.k_norm, k)
         q = rope_forward(q.transpose(0, 2, 1, 3), *rope)                  # (B, h, T, D)
@@ -234,7 +234,7 @@ class LlamaAttention(Module):
                                   repeat_kv_forward(values, n_rep), is_causal=True,
                                   dropout_p=0.0, rng=None)[0]
         y = y.reshape(B, h_kv * n_rep, T, D).transpose(0, 2, 1, 3).reshape(B * T, -1)
-        return y @ self.o_proj.weight.data[q_columns]
+        return _project(y, self.o_proj.weight.data[q_columns])
 
 
 class LlamaMLP(Module):
@@ -259,12 +259,13 @@ class LlamaMLP(Module):
         """`forward` in eval mode on plain arrays, through the hidden units `units` alone:
         rows (N, C) -> their part of the output (N, C) (the parts of all units add up to it).
         """
-        up = rows @ self.up_proj.weight.data[:, units]
+        up = _project(rows, self.up_proj.weight.data[:, units])
         if self.gate_proj is not None:
-            hidden = swiglu_forward(rows @ self.gate_proj.weight.data[:, units], up)[0]
+            gate = _project(rows, self.gate_proj.weight.data[:, units])
+            hidden = swiglu_forward(gate, up)[0]
         else:
             hidden = relu_squared_forward(up)[0]
-        return hidden @ self.down_proj.weight.data[units]
+        return _project(hidden, self.down_proj.weight.data[units])
 
 
 class LlamaBlock(Module):
@@ -509,6 +510,30 @@ def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
     return [_Share(*parts) for parts in zip(ranges(config.n_kv_head),
                                             ranges(config.intermediate_size),
                                             ranges(config.vocab_size))]
+
+
+# The widest output `_project` computes by einsum: 3072 float32 numbers are 12 KB, which stay
+# in a core's L1 data cache (32 KB on most CPUs) beside the weight rows streaming through it.
+_EINSUM_MAX_WIDTH = 3072
+
+
+def _project(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays.
+
+    A decode step of one sequence projects a single row: a matrix-vector product, bound by
+    reading the weight from memory. OpenBLAS's kernel for it streams a (K, M) matrix of our
+    layout below the memory's speed, the more so the narrower M (the key and value
+    projections). einsum's loop for `k,kn->n` adds x_k * W[k, :] into the output row by row:
+    one pass over each contiguous row, with the output kept in cache, which reads the weight
+    at the speed of a copy when the output is narrow enough to stay in L1. A wider output, a
+    weight that is a strided view (a thread's columns of it), and several rows (a prefill, or
+    a batch) go to BLAS, whose products are the fast way there. einsum lets go of the GIL as
+    BLAS does, so the threads of `_in_threads` still run at once.
+    """
+    if rows.shape[0] == 1 and weight.shape[1] <= _EINSUM_MAX_WIDTH \
+            and weight.flags.c_contiguous:
+        return np.einsum("k,kn->n", rows[0], weight)[None]                 # (1, M)
+    return rows @ weight
 
 
 def _normalise(norm: RMSNorm, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,80 @@
+"""The decode paths of gpt.core.llama that exist for speed, against what they stand in for.
+
+A chat decodes one sequence one token at a time, and `Llama._infer` takes shortcuts there
+that batched decoding and prefill never take (a single row: matrix-vector products by
+einsum). The tests in test_llama.py decode batches of two, so each shortcut is checked here
+with one sequence: against PyTorch's KV-cached decode of the reference checkpoints, and
+against our own autograd forward.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _paths import reference_file
+
+from autograd import no_grad
+from gpt.core.llama import _EINSUM_MAX_WIDTH, Llama, LlamaConfig, _project
+from gpt.io.checkpoint import load_pretrained
+
+TOL = 1e-4
+
+
+def tiny_config(**changes) -> LlamaConfig:
+    values = dict(vocab_size=40, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=16,
+                  intermediate_size=24)
+    return LlamaConfig(**{**values, **changes})
+
+
+def decode_one_at_a_time(model: Llama, tokens: np.ndarray, prefill: int) -> np.ndarray:
+    """Logits (T, V) of one sequence: `prefill` tokens at once, then one token per step."""
+    with no_grad():
+        cache = model.new_kv_cache(batch_size=1)
+        parts = [model(tokens[None, :prefill], kv_cache=cache).data[0]]
+        parts += [model(tokens[None, t:t + 1], kv_cache=cache).data[0]
+                  for t in range(prefill, len(tokens))]
+    return np.concatenate(parts, axis=0)
+
+
+@pytest.mark.parametrize("name", ["hf-llama-tiny", "hf-qwen3-tiny"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_sequence_decodes_as_pytorch_does(name, threads):
+    directory = reference_file(name)
+    with np.load(directory / "reference.npz") as data:
+        x, decode_logits = data["x"], data["decode_logits"]
+    model = load_pretrained(directory)
+    model.inference_threads = threads
+    for row in range(len(x)):                         # each sequence of the batch on its own
+        ours = decode_one_at_a_time(model, x[row], prefill=1)
+        assert np.abs(ours - decode_logits[row]).max() < TOL
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("changes", [
+    dict(),
+    dict(n_kv_head=3, n_head=6, head_dim=4, qk_norm=True, tie_word_embeddings=True),
+    dict(n_kv_head=4, mlp="relu2", logit_softcap=5.0),
+])
+def test_one_sequence_decodes_as_the_autograd_forward_computes(changes, threads):
+    model = Llama(tiny_config(**changes), rng=np.random.default_rng(0)).eval()
+    model.inference_threads = threads
+    tokens = np.random.default_rng(1).integers(0, 40, size=12)
+    with no_grad():
+        full = model(tokens[None]).data[0]
+    assert np.abs(decode_one_at_a_time(model, tokens, prefill=5) - full).max() < 1e-5
+
+
+@pytest.mark.parametrize("rows, width, strided", [
+    (1, 48, False),                            # one row, narrow: einsum
+    (1, _EINSUM_MAX_WIDTH + 8, False),         # one row, wider than that: BLAS
+    (1, 48, True),                             # a thread's columns, a strided view: BLAS
+    (3, 48, False),                            # several rows: BLAS
+])
+def test_project_is_the_matrix_product(rows, width, strided):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, 64)).astype(np.float32)
+    weight = rng.standard_normal((64, 2 * width)).astype(np.float32)
+    weight = weight[:, ::2] if strided else weight[:, :width].copy()
+    expected = x.astype(np.float64) @ weight.astype(np.float64)
+    got = _project(x, weight)
+    assert got.shape == (rows, width) and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 1e-4
