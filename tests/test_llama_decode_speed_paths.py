@@ -2,7 +2,7 @@
 
 A chat decodes one sequence one token at a time, and `Llama._infer` takes shortcuts there
 that batched decoding and prefill never take (a single row: matrix-vector products by
-einsum). The tests in test_llama.py decode batches of two, so each shortcut is checked here
+einsum, and the tied head's by vecdot). The tests in test_llama.py decode batches of two, so each shortcut is checked here
 with one sequence: against PyTorch's KV-cached decode of the reference checkpoints, and
 against our own autograd forward.
 """
@@ -63,17 +63,20 @@ def test_one_sequence_decodes_as_the_autograd_forward_computes(changes, threads)
     assert np.abs(decode_one_at_a_time(model, tokens, prefill=5) - full).max() < 1e-5
 
 
-@pytest.mark.parametrize("rows, width, strided", [
-    (1, 48, False),                            # one row, narrow: einsum
-    (1, _EINSUM_MAX_WIDTH + 8, False),         # one row, wider than that: BLAS
-    (1, 48, True),                             # a thread's columns, a strided view: BLAS
-    (3, 48, False),                            # several rows: BLAS
+@pytest.mark.parametrize("rows, width, layout", [
+    (1, 48, "ours"),                           # one row, narrow: einsum
+    (1, _EINSUM_MAX_WIDTH + 8, "ours"),        # one row, wider than that: BLAS
+    (1, 48, "strided"),                        # a strided view (a thread's columns): BLAS
+    (1, 48, "transposed"),                     # the tied head, E.T: vecdot
+    (3, 48, "ours"),                           # several rows: BLAS
+    (3, 48, "transposed"),
 ])
-def test_project_is_the_matrix_product(rows, width, strided):
+def test_project_is_the_matrix_product(rows, width, layout):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, 64)).astype(np.float32)
     weight = rng.standard_normal((64, 2 * width)).astype(np.float32)
-    weight = weight[:, ::2] if strided else weight[:, :width].copy()
+    weight = {"ours": weight[:, :width].copy(), "strided": weight[:, ::2],
+              "transposed": weight[:, :width].T.copy().T}[layout]
     expected = x.astype(np.float64) @ weight.astype(np.float64)
     got = _project(x, weight)
     assert got.shape == (rows, width) and got.dtype == np.float32

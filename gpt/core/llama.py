@@ -406,8 +406,8 @@ class Llama(Module):
             rows = x.reshape(-1, x.shape[-1])
             head = self.embed_tokens.weight.data.T if self.lm_head is None \
                 else self.lm_head.weight.data                             # (C, V)
-            logits = np.concatenate(_in_threads(lambda share: rows @ head[:, share.vocab],
-                                                shares), axis=-1)
+            logits = np.concatenate(_in_threads(
+                lambda share: _project(rows, head[:, share.vocab]), shares), axis=-1)
         if self.config.logit_softcap is not None:
             logits = softcap_forward(logits, self.config.logit_softcap)
         return logits.reshape(*x.shape[:-1], -1)                          # (B, T, V)
@@ -515,24 +515,30 @@ def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
 # The widest output `_project` computes by einsum: 3072 float32 numbers are 12 KB, which stay
 # in a core's L1 data cache (32 KB on most CPUs) beside the weight rows streaming through it.
 _EINSUM_MAX_WIDTH = 3072
+# Row-by-row dot products (NumPy 2.0 and later; before it, such weights go to BLAS).
+_vecdot = getattr(np, "vecdot", None)
 
 
 def _project(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays.
 
     A decode step of one sequence projects a single row: a matrix-vector product, bound by
-    reading the weight from memory. OpenBLAS's kernel for it streams a (K, M) matrix of our
-    layout below the memory's speed, the more so the narrower M (the key and value
-    projections). einsum's loop for `k,kn->n` adds x_k * W[k, :] into the output row by row:
-    one pass over each contiguous row, with the output kept in cache, which reads the weight
-    at the speed of a copy when the output is narrow enough to stay in L1. A wider output, a
-    weight that is a strided view (a thread's columns of it), and several rows (a prefill, or
-    a batch) go to BLAS, whose products are the fast way there. einsum lets go of the GIL as
-    BLAS does, so the threads of `_in_threads` still run at once.
+    reading the weight from memory. OpenBLAS's kernel for it reads a matrix below the speed
+    the memory allows, the more so the narrower the output, so one row takes NumPy's own
+    loops, each of which reads the weight in one pass in the order it is stored:
+    - a weight in our (in, out) layout, by einsum: `k,kn->n` adds x_k * W[k, :] into the
+      output row by row, which runs at memory speed while the output stays in L1;
+    - the transpose of a row-major matrix (the tied head: the embedding's rows), by vecdot:
+      one dot product per row of it, each with a row that is contiguous.
+    A wider output, a weight that is a strided view (a thread's columns of it), and several
+    rows (a prefill, or a batch) go to BLAS, whose products are the fast way there. These
+    loops let go of the GIL as BLAS does, so the threads of `_in_threads` still run at once.
     """
-    if rows.shape[0] == 1 and weight.shape[1] <= _EINSUM_MAX_WIDTH \
-            and weight.flags.c_contiguous:
-        return np.einsum("k,kn->n", rows[0], weight)[None]                 # (1, M)
+    if rows.shape[0] == 1:
+        if weight.flags.c_contiguous and weight.shape[1] <= _EINSUM_MAX_WIDTH:
+            return np.einsum("k,kn->n", rows[0], weight)[None]             # (1, M)
+        if _vecdot is not None and weight.T.flags.c_contiguous:
+            return _vecdot(weight.T, rows[0])[None]                        # (1, M)
     return rows @ weight
 
 
