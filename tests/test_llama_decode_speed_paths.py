@@ -2,7 +2,8 @@
 
 A chat decodes one sequence one token at a time, and `Llama._infer` takes shortcuts there
 that batched decoding and prefill never take (a single row: matrix-vector products by
-einsum, and the tied head's by vecdot). The tests in test_llama.py decode batches of two, so each shortcut is checked here
+einsum, and the tied head's by vecdot; attention of the one new position with its
+product turned round). The tests in test_llama.py decode batches of two, so each shortcut is checked here
 with one sequence: against PyTorch's KV-cached decode of the reference checkpoints, and
 against our own autograd forward.
 """
@@ -13,7 +14,8 @@ import pytest
 from _paths import reference_file
 
 from autograd import no_grad
-from gpt.core.llama import _EINSUM_MAX_WIDTH, Llama, LlamaConfig, _project
+from autograd.ops.attention import attention_forward
+from gpt.core.llama import _EINSUM_MAX_WIDTH, Llama, LlamaConfig, _attend_newest, _project
 from gpt.io.checkpoint import load_pretrained
 
 TOL = 1e-4
@@ -81,3 +83,16 @@ def test_project_is_the_matrix_product(rows, width, layout):
     got = _project(x, weight)
     assert got.shape == (rows, width) and got.dtype == np.float32
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_attention_of_the_newest_position_is_attention_forwards():
+    # q (B, h, r, D) against keys and values (B, h, S, D) that are views of a larger cache,
+    # as a decode step passes them.
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    cache = rng.standard_normal((2, 2, 3, 16, 8)).astype(np.float32)
+    keys, values = cache[0, :, :, :11], cache[1, :, :, :11]
+    expected = attention_forward(q, keys, values, is_causal=False, dropout_p=0.0, rng=None)[0]
+    got = _attend_newest(q, keys, values)
+    assert got.shape == (2, 3, 4, 8) and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 1e-6
