@@ -1,11 +1,11 @@
 """The decode paths of gpt.core.llama that exist for speed, against what they stand in for.
 
-A chat decodes one sequence one token at a time, and `Llama._infer` takes shortcuts there
-that batched decoding and prefill never take (a single row: matrix-vector products by
-einsum, and the tied head's by vecdot; attention of the one new position with its
-product turned round). The tests in test_llama.py decode batches of two, so each shortcut is checked here
-with one sequence: against PyTorch's KV-cached decode of the reference checkpoints, and
-against our own autograd forward.
+A chat decodes one sequence one token at a time, and `Llama._infer` takes shortcuts there:
+a single row's matrix-vector products by einsum (and the tied head's by vecdot), which
+batched decoding and prefill never take, and attention of the one new position with its
+first product turned round. The tests in test_llama.py decode batches of two, so the
+single-row shortcuts are checked here with one sequence: against PyTorch's KV-cached decode
+of the reference checkpoints, and against our own autograd forward.
 """
 from __future__ import annotations
 
