@@ -99,11 +99,18 @@ def test_in_process_history_and_settings(rigged, capsys):
     assert "temperature 0, top_k off" in capsys.readouterr().err
 
 
+def sigint_as_from_a_terminal() -> None:
+    """Run in the child before chat.py starts. A suite started in the background by a shell
+    without job control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler: the server would not stop on the SIGINT this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_from_the_command_line(rigged):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, CHAT, "--ckpt", str(rigged), "--serve",
                                 "--port", "0", "--quiet"], stderr=subprocess.PIPE, text=True,
-                               env=env)
+                               env=env, preexec_fn=sigint_as_from_a_terminal)
     try:
         banner = process.stderr.readline()
         url = re.search(r"at (http://127\.0\.0\.1:\d+)/", banner).group(1)
