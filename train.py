@@ -26,7 +26,7 @@ from gpt.cli import fail_cleanly
 from gpt.finetune.cli import main as finetune_main
 from gpt.finetune.common import TASKS as FINETUNE_TASKS
 from gpt.finetune.stories import pretrain_then_chat
-from gpt.train.loop import TrainingError
+from gpt.train.loop import SCHEDULES, TrainingError
 from gpt.train.pretrain import RECIPES, TrainSettings
 
 # `python train.py <task> ...` runs a fine-tuning task instead (gpt.finetune.cli).
@@ -127,7 +127,7 @@ def build_parser(recipe: str = MAIN_RECIPE) -> argparse.ArgumentParser:
                           "(default: --lr)")
     opt.add_argument("--head-lr", type=float, default=defaults.head_lr,
                      help="muon: AdamW's peak learning rate of an untied head (default: --lr)")
-    opt.add_argument("--schedule", choices=["cosine", "wsd", "constant"],
+    opt.add_argument("--schedule", choices=SCHEDULES,
                      default=defaults.schedule,
                      help="after warmup: cosine decay, or wsd (constant, then a linear decay "
                           "over the last --decay-fraction of the run), or constant")
