@@ -32,10 +32,8 @@ one. Every Linear stores its weight as (in, out), our layout; Hugging Face's fil
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +52,7 @@ from autograd.parallel import default_threads, limit_blas_threads
 from autograd.random import default_rng
 from gpt.core.config import ConfigDict
 from gpt.core.model import KVCache, cache_length, token_batch
+from gpt.core.thread_team import Meeting, thread_team
 
 MLP_KINDS = ("swiglu", "relu2")
 
@@ -207,18 +206,20 @@ class LlamaAttention(Module):
         return self.resid_dropout(self.o_proj(y))
 
     def infer(self, rows: np.ndarray, B: int, T: int, kv_cache: KVCache, layer: int,
-              rope: tuple[np.ndarray, np.ndarray], kv_heads: slice) -> np.ndarray:
-        """`forward` in eval mode with a cache, on plain arrays, for the key/value heads
-        `kv_heads` and the query heads that share them: rows (B*T, C) of the normalised input
-        -> their part of the output (B*T, C) (o_proj applied to these heads alone; the parts
-        of all heads add up to the output). `rope`: the (T, D/2) cos and sin tables.
+              rope: tuple[np.ndarray, np.ndarray], part: _ThreadPart) -> np.ndarray:
+        """`forward` in eval mode with a cache, on plain arrays, for one thread's key/value
+        heads (`part.share.kv_heads`) and the query heads that share them: rows (B*T, C) of
+        the normalised input -> this thread's part of the output (B*T, C) (o_proj applied to
+        these heads alone; the parts of all threads add up to the output). `rope`: the
+        (T, D/2) cos and sin tables.
         """
         D, n_rep = self.head_size, self.n_head // self.n_kv_head
+        kv_heads = part.share.kv_heads
         q_columns = slice(kv_heads.start * n_rep * D, kv_heads.stop * n_rep * D)
         kv_columns = slice(kv_heads.start * D, kv_heads.stop * D)
-        q = _project(rows, self.q_proj.weight.data[:, q_columns]).reshape(B, T, -1, D)
-        k = _project(rows, self.k_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
-        v = _project(rows, self.v_proj.weight.data[:, kv_columns]).reshape(B, T, -1, D)
+        q, k, v = part.project(rows, (self.q_proj, self.k_proj, self.v_proj),
+                               (q_columns, kv_columns, kv_columns), "qkv")
+        q, k, v = (t.reshape(B, T, -1, D) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = _normalise(self.q_norm, q), _normalise(self.k_norm, k)
         q = rope_forward(q.transpose(0, 2, 1, 3), *rope)                  # (B, h, T, D)
@@ -255,15 +256,17 @@ class LlamaMLP(Module):
             hidden = relu_squared(self.up_proj(x))
         return self.dropout(self.down_proj(hidden))
 
-    def infer(self, rows: np.ndarray, units: slice) -> np.ndarray:
-        """`forward` in eval mode on plain arrays, through the hidden units `units` alone:
-        rows (N, C) -> their part of the output (N, C) (the parts of all units add up to it).
+    def infer(self, rows: np.ndarray, part: _ThreadPart) -> np.ndarray:
+        """`forward` in eval mode on plain arrays, through one thread's hidden units
+        (`part.share.mlp_units`) alone: rows (N, C) -> this thread's part of the output
+        (N, C) (the parts of all threads add up to it).
         """
-        up = _project(rows, self.up_proj.weight.data[:, units])
+        units = part.share.mlp_units
         if self.gate_proj is not None:
-            gate = _project(rows, self.gate_proj.weight.data[:, units])
+            gate, up = part.project(rows, (self.gate_proj, self.up_proj), (units, units), "mlp")
             hidden = swiglu_forward(gate, up)[0]
         else:
+            up, = part.project(rows, (self.up_proj,), (units,), "mlp")
             hidden = relu_squared_forward(up)[0]
         return _project(hidden, self.down_proj.weight.data[units])
 
@@ -283,16 +286,16 @@ class LlamaBlock(Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def infer(self, x: np.ndarray, kv_cache: KVCache, layer: int,
-              rope: tuple[np.ndarray, np.ndarray], shares: list[_Share]) -> np.ndarray:
-        """`forward` in eval mode with a cache, on plain arrays: x (B, T, C) -> (B, T, C).
-        Attention and MLP are each split into `shares` that run in parallel threads."""
+              rope: tuple[np.ndarray, np.ndarray], part: _ThreadPart) -> np.ndarray:
+        """`forward` in eval mode with a cache, on plain arrays: x (B, T, C) -> (B, T, C),
+        computed by every thread of the pass together (see "Generation" below); `part` is
+        this thread's share. Each thread ends with the whole output."""
         B, T, C = x.shape
         rows = _normalise(self.input_layernorm, x).reshape(B * T, C)
-        x = x + _sum_in_threads(lambda share: self.self_attn.infer(
-            rows, B, T, kv_cache, layer, rope, share.kv_heads), shares).reshape(B, T, C)
+        attended = self.self_attn.infer(rows, B, T, kv_cache, layer, rope, part)
+        x = x + part.total(attended, "attn").reshape(B, T, C)
         rows = _normalise(self.post_attention_layernorm, x).reshape(B * T, C)
-        return x + _sum_in_threads(lambda share: self.mlp.infer(rows, share.mlp_units),
-                                   shares).reshape(B, T, C)
+        return x + part.total(self.mlp.infer(rows, part), "mlp_out").reshape(B, T, C)
 
 
 class Llama(Module):
@@ -393,24 +396,34 @@ class Llama(Module):
         kv_cache.reserve(start + T)          # grown here, not by parallel threads' stores
         shares = self._shares()
         rope = self._rope_for(start, T, self.embed_tokens.weight.dtype)   # (T, D/2) cos, sin
-        with limit_blas_threads(1):          # each thread's products on its own core
+        buffers = _PartBuffers(self.config, len(shares), B * T, self.embed_tokens.weight.dtype,
+                               by_rows=len(shares) > 1 and B * T <= _ROW_SPLIT_MAX_ROWS)
+        head = self.embed_tokens.weight.data.T if self.lm_head is None \
+            else self.lm_head.weight.data                                 # (C, V)
+
+        def run_share(rank: int, meeting: Meeting) -> np.ndarray:
+            part = _ThreadPart(shares[rank], rank, meeting, buffers)
             x = self.embed_tokens.weight.data[idx]                        # (B, T, C)
             for layer, block in enumerate(self.layers):
-                x = block.infer(x, kv_cache, layer, rope, shares)
-            kv_cache.length += T
+                x = block.infer(x, kv_cache, layer, rope, part)
             if last_only:
                 x = x[:, -1:, :]
             x = _normalise(self.norm, x)
             if return_hidden:
-                return x                                                  # (B, T, C)
+                return x                                      # (B, T, C), alike in every thread
             rows = x.reshape(-1, x.shape[-1])
-            head = self.embed_tokens.weight.data.T if self.lm_head is None \
-                else self.lm_head.weight.data                             # (C, V)
-            logits = np.concatenate(_in_threads(
-                lambda share: _project(rows, head[:, share.vocab]), shares), axis=-1)
+            return _project(rows, head[:, part.share.vocab])              # (B*T, its tokens)
+
+        with limit_blas_threads(1):          # each thread's products on its own core
+            results = thread_team(len(shares)).run(run_share)
+        kv_cache.length += T
+        if return_hidden:
+            return results[0]
+        logits = np.concatenate(results, axis=-1) if len(results) > 1 else results[0]
         if self.config.logit_softcap is not None:
             logits = softcap_forward(logits, self.config.logit_softcap)
-        return logits.reshape(*x.shape[:-1], -1)                          # (B, T, V)
+        out_T = 1 if last_only else T
+        return logits.reshape(B, out_T, -1)                               # (B, T, V)
 
     def _rope_for(self, start: int, T: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """The RoPE cos and sin tables of positions start .. start + T - 1, (T, D/2) each.
@@ -478,26 +491,38 @@ class Llama(Module):
 #
 # Decoding is bound by memory: every weight is read once per token. One core does not draw
 # all the bandwidth there is, so the work is split over threads, each of which reads its own
-# part of every weight, the way tensor parallelism splits a model over GPUs:
-#   - attention by key/value heads: a thread computes q, k, v for its heads (columns of the
-#     projections), attends with them, and multiplies by its rows of o_proj, which gives a
-#     (B*T, C) part of the output; the parts add up to o_proj(y);
-#   - the MLP by hidden units: columns of gate and up, rows of down; the parts add up;
-#   - the output head by token ids (columns).
-# That is two meeting points per layer. Each thread's matrix products run on one core (the
-# BLAS library is limited to one thread meanwhile): a BLAS thread pool would meet at every
-# product, with its threads spinning while they wait, which collapses when another program
-# holds a core, where threads that block while waiting degrade gracefully (as in
-# autograd/parallel.py's DataParallel).
+# part of every weight, the way tensor parallelism splits a model over GPUs. The threads are a
+# team (gpt/core/thread_team.py): each runs the whole forward pass on its share and they meet
+# at barriers, where each adds up the parts all of them wrote.
+#   - attention by key/value heads: a thread has q, k, v for its heads, attends with them,
+#     and multiplies by its rows of o_proj, which gives a (B*T, C) part of the output; the
+#     parts add up to o_proj(y) (a barrier);
+#   - the MLP by hidden units: a thread has gate and up for its units and multiplies by its
+#     rows of down; the parts add up (a barrier);
+#   - the output head by token ids.
+# How a thread gets q, k, v (and gate, up), its columns of projections of the normalised
+# input, depends on how many rows there are:
+#   - a prefill (many rows): it multiplies by its columns of the weights. A column block of
+#     a C-ordered (in, out) weight is a strided view, which matrix-matrix products read well;
+#   - a decode step (a few rows): a matrix-vector product reads a strided block at a fraction
+#     of the speed it reads a contiguous one, so each thread multiplies its slice of the input
+#     channels by its rows of the weights (one contiguous block), writes that partial product
+#     of every column into a buffer, and after a barrier adds up the partials of its columns.
+# So a decode step meets four times per layer and a prefill twice. The threads block while
+# they wait (they do not spin), so the work degrades gracefully when another program holds a
+# core, and each thread's matrix products run on one core: the BLAS library is limited to one
+# thread meanwhile, as its own thread pool would meet at every product.
 
 
 @dataclass(frozen=True)
 class _Share:
     """One thread's part of every layer: key/value heads (with the query heads that share
-    them), MLP hidden units, and token ids of the output head."""
+    them), MLP hidden units, token ids of the output head, and the input channels (rows of
+    q, k, v, gate and up) it reads in a decode step."""
     kv_heads: slice
     mlp_units: slice
     vocab: slice
+    channels: slice
 
 
 def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
@@ -509,7 +534,69 @@ def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     return [_Share(*parts) for parts in zip(ranges(config.n_kv_head),
                                             ranges(config.intermediate_size),
-                                            ranges(config.vocab_size))]
+                                            ranges(config.vocab_size), ranges(config.n_embd))]
+
+
+# Up to this many rows (B*T), the projections of the input are split by rows of the weights.
+_ROW_SPLIT_MAX_ROWS = 16
+
+
+class _PartBuffers:
+    """Where the threads of one pass leave their parts for each other: per meeting point
+    (named as `_ThreadPart` names them), a (threads, rows, width) array, row t for thread t.
+    A buffer is written again only two barriers after it was read, so one set serves every
+    layer."""
+
+    def __init__(self, config: LlamaConfig, threads: int, rows: int, dtype: np.dtype,
+                 by_rows: bool):
+        self.threads, self.by_rows = threads, by_rows
+        widths = {"attn": config.n_embd, "mlp_out": config.n_embd}
+        if by_rows:
+            widths["qkv"] = (config.n_head + 2 * config.n_kv_head) * config.head_size
+            widths["mlp"] = config.intermediate_size * (2 if config.mlp == "swiglu" else 1)
+        self.arrays = {} if threads == 1 else \
+            {name: np.empty((threads, rows, width), dtype) for name, width in widths.items()}
+
+
+class _ThreadPart:
+    """One thread's side of one pass of `Llama._infer`: its share, and its meetings."""
+
+    def __init__(self, share: _Share, rank: int, meeting: Meeting, buffers: _PartBuffers):
+        self.share, self.rank, self.meeting, self.buffers = share, rank, meeting, buffers
+
+    def project(self, rows: np.ndarray, linears: tuple[Linear, ...], columns: tuple[slice, ...],
+                point: str) -> list[np.ndarray]:
+        """[rows @ linear.weight[:, cols] for each linear and its columns]: this thread's
+        columns of projections of rows (N, C), which every thread holds."""
+        weights = [linear.weight.data for linear in linears]              # (C, M) each
+        if not self.buffers.by_rows:
+            return [_project(rows, w[:, cols]) for w, cols in zip(weights, columns)]
+        parts = self.buffers.arrays[point]                  # (threads, N, sum of the widths)
+        mine, channels = parts[self.rank], self.share.channels
+        offsets = np.cumsum([0] + [w.shape[1] for w in weights])
+        for w, start, end in zip(weights, offsets[:-1], offsets[1:]):
+            _project(rows[:, channels], w[channels], out=mine[:, start:end])
+        self.meeting.meet(self.rank)
+        return [_sum_parts(parts[:, :, start + cols.start:start + cols.stop])
+                for start, cols in zip(offsets[:-1], columns)]
+
+    def total(self, part: np.ndarray, point: str) -> np.ndarray:
+        """The sum of every thread's `part` (N, C), in every thread."""
+        if self.buffers.threads == 1:
+            return part
+        parts = self.buffers.arrays[point]
+        parts[self.rank] = part
+        self.meeting.meet(self.rank)
+        return _sum_parts(parts)
+
+
+def _sum_parts(parts: np.ndarray) -> np.ndarray:
+    """parts (threads, N, M) -> their sum (N, M), added in thread order: every thread gets
+    the same numbers, so the residual stream they each carry stays identical."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 # The widest output `_project` computes by einsum: 3072 float32 numbers are 12 KB, which stay
@@ -519,8 +606,9 @@ _EINSUM_MAX_WIDTH = 3072
 _vecdot = getattr(np, "vecdot", None)
 
 
-def _project(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays.
+def _project(rows: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays, written
+    into `out` (N, M) if given.
 
     A decode step of one sequence projects a single row: a matrix-vector product, bound by
     reading the weight from memory. OpenBLAS's kernel for it reads a matrix below the speed
@@ -530,16 +618,18 @@ def _project(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
       output row by row, which runs at memory speed while the output stays in L1;
     - the transpose of a row-major matrix (the tied head: the embedding's rows), by vecdot:
       one dot product per row of it, each with a row that is contiguous.
-    A wider output, a weight that is a strided view (a thread's columns of it), and several
-    rows (a prefill, or a batch) go to BLAS, whose products are the fast way there. These
-    loops let go of the GIL as BLAS does, so the threads of `_in_threads` still run at once.
+    A wider output, a weight that is a strided view (einsum reads one at a third of the
+    speed), and several rows (a prefill, or a batch) go to BLAS, whose products are the fast
+    way there. These loops let go of the GIL as BLAS does, so the threads of a team still run
+    at once.
     """
     if rows.shape[0] == 1:
+        row_out = None if out is None else out[0]
         if weight.flags.c_contiguous and weight.shape[1] <= _EINSUM_MAX_WIDTH:
-            return np.einsum("k,kn->n", rows[0], weight)[None]             # (1, M)
+            return np.einsum("k,kn->n", rows[0], weight, out=row_out)[None]    # (1, M)
         if _vecdot is not None and weight.T.flags.c_contiguous:
-            return _vecdot(weight.T, rows[0])[None]                        # (1, M)
-    return rows @ weight
+            return _vecdot(weight.T, rows[0], out=row_out)[None]              # (1, M)
+    return np.matmul(rows, weight, out=out)
 
 
 def _attend_newest(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -567,30 +657,3 @@ def _normalise(norm: RMSNorm, x: np.ndarray) -> np.ndarray:
     """An RMSNorm on plain arrays, over the last axis of x."""
     return rms_norm_forward(x, norm.weight.data if norm.weight is not None else None,
                             norm.eps)[0]
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}          # by number of worker threads
-_pools_lock = threading.Lock()
-
-
-def _in_threads(work: Callable[[_Share], np.ndarray], shares: list[_Share]) -> list[np.ndarray]:
-    """[work(share) for share in shares]: the first in this thread, the others in a pool
-    (kept for the next call: a decode step meets the pool twice per layer)."""
-    if len(shares) == 1:
-        return [work(shares[0])]
-    with _pools_lock:
-        pool = _pools.get(len(shares) - 1)
-        if pool is None:
-            pool = _pools[len(shares) - 1] = ThreadPoolExecutor(
-                len(shares) - 1, thread_name_prefix="llama-share")
-    others = [pool.submit(work, share) for share in shares[1:]]
-    return [work(shares[0])] + [future.result() for future in others]
-
-
-def _sum_in_threads(work: Callable[[_Share], np.ndarray], shares: list[_Share]) -> np.ndarray:
-    """The sum of work(share) over the shares, run as `_in_threads` runs them."""
-    parts = _in_threads(work, shares)
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
