@@ -56,7 +56,8 @@ class Optimizer:
     `params` is either an iterable of Parameters or a list of groups, each a dict
     `{"params": [...], "lr": ..., ...}` whose keys override the optimizer's defaults for that
     group (e.g. `"weight_decay": 0.0` for biases). Parameters that do not require a gradient,
-    or have none this step, are skipped by `step()`.
+    or have none this step, are skipped by `step()`. A parameter whose array is not C-ordered
+    (a transposed view) gets a C-ordered copy as the optimizer takes it.
     """
 
     scratch_rows = 1            # scratch slices a subclass's update needs for intermediates
@@ -93,6 +94,13 @@ class Optimizer:
                     raise ValueError(f"a parameter of shape {p.shape} appears twice in the "
                                      f"parameter groups; each must appear once")
                 seen.add(id(p))
+                if not p.data.flags.c_contiguous:
+                    # A Llama weight loaded from a Hugging Face file is a transposed view
+                    # (gpt/io/hf_llama.py). Updates run on C-ordered arrays, in flat chunks;
+                    # and a run resumed from a checkpoint must compute what the run it
+                    # continues computed, whose matrix products saw C-ordered weights if the
+                    # model was built here (BLAS rounds differently for the other order).
+                    p.data = np.ascontiguousarray(p.data)
             full = {**self.defaults, **group, "params": group_params}
             self._check_hyperparameters(full)
             self.param_groups.append(full)

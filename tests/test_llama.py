@@ -588,16 +588,19 @@ def test_a_saved_llama_with_a_tokenizer_chats_through_the_engine(tmp_path):
     assert engine.tokens_generated > 0
 
 
-def test_float32_weights_stay_in_the_file_and_transposed_ones_are_our_layout(tmp_path):
-    # Tensors our layout shares with the file (embedding, norms) are the mapped pages
-    # themselves; Linear weights are new C-ordered (in, out) arrays, made one by one.
+def test_float32_weights_stay_in_the_file_linear_ones_as_transposed_views(tmp_path):
+    # Every tensor of a float32 file is the mapped pages themselves: the embedding and norms
+    # as stored, each Linear weight as the (in, out) transpose of its stored (out, in) matrix.
     directory, _ = reference("hf-llama-tiny")
     model = load_pretrained(copy_with_config(directory, tmp_path / "copy"))
     params = dict(model.named_parameters())
-    for name in ("embed_tokens.weight", "norm.weight", "layers.0.input_layernorm.weight"):
+    for name in ("embed_tokens.weight", "norm.weight", "layers.0.input_layernorm.weight",
+                 "layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"):
         assert not params[name].data.flags.owndata, name
     q = params["layers.0.self_attn.q_proj.weight"].data
-    assert q.flags.c_contiguous and q.flags.owndata
+    assert q.flags.f_contiguous and not q.flags.c_contiguous
+    stored = load_file(directory / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    np.testing.assert_array_equal(q, stored.T)                        # (out, in) in the file
     before = (tmp_path / "copy" / "model.safetensors").read_bytes()
     params["embed_tokens.weight"].data += 1.0          # copy-on-write: the file stays as it was
     assert (tmp_path / "copy" / "model.safetensors").read_bytes() == before

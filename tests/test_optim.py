@@ -75,6 +75,25 @@ def test_sgd_two_steps_match_the_equations(momentum, nesterov, wd):
         np.testing.assert_allclose(p.data, expected, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("make", [SGD, AdamW])
+def test_a_transposed_parameter_is_made_c_ordered_and_updated_as_its_copy_is(make):
+    # A Llama weight loaded from a Hugging Face file is the transposed view of the stored
+    # matrix; the optimizer takes a C-ordered copy, and updates it exactly as it would a
+    # parameter that was C-ordered from the start.
+    stored = RNG.standard_normal((5, 3)).astype(np.float32)
+    transposed, plain = Parameter(stored.T), Parameter(np.ascontiguousarray(stored.T))
+    assert not transposed.data.flags.c_contiguous
+    optimizers = [make([transposed], lr=0.1), make([plain], lr=0.1)]
+    assert transposed.data.flags.c_contiguous and not np.shares_memory(transposed.data, stored)
+    for _ in range(2):
+        grad = RNG.standard_normal((3, 5)).astype(np.float32)
+        for p, opt in zip((transposed, plain), optimizers):
+            p.grad = grad.copy()
+            opt.step()
+    np.testing.assert_array_equal(transposed.data, plain.data)
+    assert not np.array_equal(plain.data, stored.T)                  # they did move
+
+
 def test_per_group_settings_override_the_defaults():
     a, b = param(3), param(3)
     a0, b0 = a.data.copy(), b.data.copy()

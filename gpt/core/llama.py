@@ -26,8 +26,10 @@ What differs from GPT-2 (gpt.core.model), and why these models do it:
 
 Parameter names are Hugging Face's without the `model.` prefix (`embed_tokens.weight`,
 `layers.0.self_attn.q_proj.weight`, `norm.weight`, `lm_head.weight`), so checkpoints map one to
-one. Every Linear stores its weight as (in, out), our layout; Hugging Face's files hold
-(out, in), and gpt/io/hf_llama.py transposes on the way in and out.
+one. Every Linear's weight is (in, out), our layout; Hugging Face's files hold (out, in), and
+a model loaded from one holds each Linear weight as the transpose of the file's matrix (a view,
+Fortran-ordered: gpt/io/hf_llama.py), while a model built here holds C-ordered ones. Matrix
+products take either; generation picks its split of the work by which it is (see "Generation").
 """
 from __future__ import annotations
 
@@ -396,8 +398,11 @@ class Llama(Module):
         kv_cache.reserve(start + T)          # grown here, not by parallel threads' stores
         shares = self._shares()
         rope = self._rope_for(start, T, self.embed_tokens.weight.dtype)   # (T, D/2) cos, sin
+        # A C-ordered weight's columns are strided: a decode step splits such weights by rows.
+        c_ordered = self.layers[0].self_attn.q_proj.weight.data.flags.c_contiguous
         buffers = _PartBuffers(self.config, len(shares), B * T, self.embed_tokens.weight.dtype,
-                               by_rows=len(shares) > 1 and B * T <= _ROW_SPLIT_MAX_ROWS)
+                               by_rows=len(shares) > 1 and B * T <= _ROW_SPLIT_MAX_ROWS
+                               and c_ordered)
         head = self.embed_tokens.weight.data.T if self.lm_head is None \
             else self.lm_head.weight.data                                 # (C, V)
 
@@ -501,17 +506,21 @@ class Llama(Module):
 #     rows of down; the parts add up (a barrier);
 #   - the output head by token ids.
 # How a thread gets q, k, v (and gate, up), its columns of projections of the normalised
-# input, depends on how many rows there are:
-#   - a prefill (many rows): it multiplies by its columns of the weights. A column block of
-#     a C-ordered (in, out) weight is a strided view, which matrix-matrix products read well;
-#   - a decode step (a few rows): a matrix-vector product reads a strided block at a fraction
-#     of the speed it reads a contiguous one, so each thread multiplies its slice of the input
-#     channels by its rows of the weights (one contiguous block), writes that partial product
-#     of every column into a buffer, and after a barrier adds up the partials of its columns.
-# So a decode step meets four times per layer and a prefill twice. The threads block while
-# they wait (they do not spin), so the work degrades gracefully when another program holds a
-# core, and each thread's matrix products run on one core: the BLAS library is limited to one
-# thread meanwhile, as its own thread pool would meet at every product.
+# input, depends on the weights' layout and on how many rows there are:
+#   - weights loaded from a Hugging Face file are the transposes of its (out, in) matrices,
+#     so a thread's columns are contiguous rows of the stored matrix: it multiplies by them,
+#     whatever the number of rows (one row: `vecdot`, a dot product per stored row);
+#   - C-ordered weights (a model built here) in a prefill (many rows): the same, by column
+#     blocks, which are strided views that matrix-matrix products read well;
+#   - C-ordered weights in a decode step (a few rows): a matrix-vector product reads a strided
+#     block at a fraction of the speed it reads a contiguous one, so each thread multiplies its
+#     slice of the input channels by its rows of the weights (one contiguous block), writes
+#     that partial product of every column into a buffer, and after a barrier adds up the
+#     partials of its columns: four meetings per layer instead of two.
+# The threads block while they wait (they do not spin), so the work degrades gracefully when
+# another program holds a core, and each thread's matrix products run on one core: the BLAS
+# library is limited to one thread meanwhile, as its own thread pool would meet at every
+# product.
 
 
 @dataclass(frozen=True)
@@ -616,11 +625,12 @@ def _project(rows: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None
     loops, each of which reads the weight in one pass in the order it is stored:
     - a weight in our (in, out) layout, by einsum: `k,kn->n` adds x_k * W[k, :] into the
       output row by row, which runs at memory speed while the output stays in L1;
-    - the transpose of a row-major matrix (the tied head: the embedding's rows), by vecdot:
-      one dot product per row of it, each with a row that is contiguous.
-    A wider output, a weight that is a strided view (einsum reads one at a third of the
-    speed), and several rows (a prefill, or a batch) go to BLAS, whose products are the fast
-    way there. These loops let go of the GIL as BLAS does, so the threads of a team still run
+    - the transpose of a row-major matrix (a weight loaded from a Hugging Face file, whose
+      matrices are (out, in), or the tied head: the embedding's rows), by vecdot: one dot
+      product per row of it, each with a row that is contiguous, at any width.
+    A wider output of our layout, a weight that is a strided view (einsum reads one at a third
+    of the speed), and several rows (a prefill, or a batch) go to BLAS, whose products are the
+    fast way there. These loops let go of the GIL as BLAS does, so the threads of a team still run
     at once.
     """
     if rows.shape[0] == 1:

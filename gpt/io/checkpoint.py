@@ -197,9 +197,10 @@ def adopt_weights(model: GPT, state: dict[str, np.ndarray], dtype=np.float32,
 
     Unlike `Module.load_state_dict`, which copies into the arrays a model already has, this
     *rebinds* each `Parameter.data` to the given array when it is already what a parameter
-    must be: `dtype`, C-contiguous, aligned and writeable. A copy-on-write memory map of a
-    float32 checkpoint passes, so the model's parameters are the file's pages: no second copy.
-    F16/BF16 tensors (widened by the reader), other dtypes and misaligned data are copied.
+    must be: `dtype`, contiguous (in C order, or in Fortran order: the transpose of a stored
+    matrix, as a Llama checkpoint's Linear weights are read), aligned and writeable. A
+    copy-on-write memory map of a float32 checkpoint passes, so the model's parameters are the
+    file's pages: no second copy. Other dtypes, strided views and misaligned data are copied.
 
     Every name and shape is checked before anything changes; a mismatch raises a
     CheckpointError listing the missing, unexpected and mis-shaped tensors, and a tensor that
@@ -234,8 +235,9 @@ def adopt_weights(model: GPT, state: dict[str, np.ndarray], dtype=np.float32,
     for name, p in params.items():
         array = state[name]
         flags = array.flags
-        if not (array.dtype == dtype and flags.c_contiguous and flags.aligned and flags.writeable):
-            array = np.array(array, dtype=dtype, order="C")
+        contiguous = flags.c_contiguous or flags.f_contiguous
+        if not (array.dtype == dtype and contiguous and flags.aligned and flags.writeable):
+            array = np.array(array, dtype=dtype, order="K")   # keeps a transpose's order
         p.data = array
         p.grad = None
 

@@ -13,9 +13,10 @@ written by older versions, keep `rope_theta` and `rope_scaling` at the top level
 
 Weights are named `model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`, ...,
 `model.norm.weight`, `lm_head.weight` (absent when the head is tied to the embedding). Linear
-weights are stored (out, in), PyTorch's layout; ours is (in, out), so each is transposed as it
-is read (`to_our_layout`, one tensor at a time: a file is never held twice over; a bfloat16 or
-float16 weight is widened to float32 in the same pass) and back as it is written.
+weights are stored (out, in), PyTorch's layout; ours is (in, out), so each becomes the
+transposed view of the stored matrix as it is read (`to_our_layout`: no copy, so a float32 file
+stays memory-mapped and a bfloat16 or float16 one costs one widening pass, one tensor at a
+time) and is transposed back, again as a view, as it is written.
 
 What is refused, by name, because the model here would compute something else: another
 model_type, mixture-of-experts layers, sliding-window attention, an activation other than SiLU,
@@ -192,10 +193,9 @@ def _is_linear_weight(name: str) -> bool:
 
 def to_our_layout(name: str, array: np.ndarray) -> np.ndarray:
     """A tensor of a Hugging Face file as our model holds it: Linear weights (out, in) ->
-    (in, out), as a transposed view; everything else unchanged. For
-    `gpt.io.safetensors.load_file(transform=...)`, which applies it tensor by tensor to the
-    stored values and copies each view into a C-ordered array, widening half precision to
-    float32 in the same pass."""
+    (in, out), as a transposed view (Fortran-ordered); everything else unchanged. For
+    `gpt.io.safetensors.load_file(transform=...)`, which applies it tensor by tensor, after
+    widening half precision to float32, and keeps the view."""
     if array.ndim == 2 and _is_linear_weight(name):
         return array.T
     return array

@@ -21,9 +21,8 @@ implementation enforces, so a file we accept is a file it accepts.
 
 NumPy has no bfloat16. BF16 is the top half of a float32 (same exponent, 7-bit mantissa), so
 widening is exact: put the 16 stored bits in the high half of a 32-bit word. `load_file` does it
-in one pass per tensor, writing the bits straight into the high halves of a zeroed float32
-array (`_copy_in_c_order`); a tensor the loader must also transpose is widened and transposed in
-that same pass, band by band, so that both reads and writes stay within a few cache lines.
+in one pass per tensor, in the order the tensor is stored, writing the bits straight into the
+high halves of a zeroed float32 array (`_widen`).
 
 Large checkpoints come in shards: `model-00001-of-00002.safetensors`, ... and an index,
 `model.safetensors.index.json`, whose "weight_map" names the shard of every tensor.
@@ -77,9 +76,6 @@ _HALF_PRECISION = ("F16", "BF16")
 # Which uint16 of a float32 holds its sign, exponent and top mantissa bits: the second on a
 # little-endian machine.
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0
-# Rows of the stored matrix copied per step of a transposing copy: each output row then gets 16
-# consecutive float32, one 64-byte cache line, while 16 input rows stream in side by side.
-_TRANSPOSE_BAND = 16
 _MAX_HEADER = 100 * 1024 * 1024  # the reference reader's limit; a larger header is corrupt
 _METADATA = "__metadata__"
 
@@ -200,11 +196,11 @@ def load_file(
     The file must not be changed in place while mapped (replacing it by a rename, as
     `save_file` does, is safe: the mapping keeps the old file).
 
-    `transform(name, array)`, if given, is applied to each tensor as it is read, to the
-    stored values (F16 as float16, BF16 as uint16 bits), and may return a view of them (a
-    transpose, say). The loader then copies a view that is not C-ordered, or one that must be
-    widened, into a new C-ordered array in a single pass: rearranging and widening cost one
-    trip through memory together, and one tensor at a time, so the file is never held twice over.
+    `transform(name, array)`, if given, is applied to each tensor as it is read (after
+    widening) and may return a view of it, which is kept as it is: a transpose stays a
+    transposed view, of the mapped file or of the widened array, with no copy. (Copying a
+    transpose into C order costs NumPy several nanoseconds a number, ten times what reading
+    the file costs; a view costs nothing, and matrix products take either order.)
     """
     tensors, _, data_start = _read_header(path)
     # Map the whole file once (the header makes it non-empty: mmap cannot map zero bytes). The
@@ -216,14 +212,11 @@ def load_file(
     for name, info in tensors.items():
         begin, end = data_start + info.begin, data_start + info.end
         array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=mapped[begin:end])
+        if widen and info.dtype in _HALF_PRECISION:
+            array = _widen(array, from_bfloat16=info.dtype == "BF16")
+            _release_pages(mapping, begin, end)          # a new array: the bytes are done with
         if transform is not None:
             array = transform(name, array)
-        if widen and info.dtype in _HALF_PRECISION:
-            array = _copy_in_c_order(array, np.float32, from_bfloat16=info.dtype == "BF16")
-        elif not array.flags.c_contiguous and np.may_share_memory(array, mapped):
-            array = _copy_in_c_order(array, array.dtype)
-        if not np.may_share_memory(array, mapped):      # a new array: the bytes are done with
-            _release_pages(mapping, begin, end)
         out[name] = array
     return out
 
@@ -272,32 +265,21 @@ def load_sharded(
     return out
 
 
-def _copy_in_c_order(stored: np.ndarray, dtype: np.dtype,
-                     from_bfloat16: bool = False) -> np.ndarray:
-    """A new C-ordered array of `dtype` holding `stored`, in one pass over its bytes.
+def _widen(stored: np.ndarray, from_bfloat16: bool) -> np.ndarray:
+    """A new C-ordered float32 array of the F16 or BF16 values `stored`, in one pass.
 
-    `from_bfloat16=True`: `stored` holds bfloat16 bit patterns (uint16) and `dtype` is float32.
-    A bfloat16 is the high half of the float32 of the same value, with a low half of zeros, so
-    the bits are written straight into the high uint16 of each element of a zeroed float32
-    array (zeroed by the operating system as its pages are first touched): no uint32
-    intermediate, no shift, exact for every pattern (signs, infinities, NaN payloads,
-    subnormals). Otherwise the assignment casts (float16 -> float32 is exact too) or copies.
-
-    A transposed matrix (a view whose transpose is C-ordered, as `transform` makes of a stored
-    (out, in) weight) is copied `_TRANSPOSE_BAND` stored rows at a time: an element-by-element
-    transpose of a large matrix misses the cache on nearly every write, the bands do not.
+    `from_bfloat16=True`: `stored` holds bfloat16 bit patterns (uint16). A bfloat16 is the high
+    half of the float32 of the same value, with a low half of zeros, so the bits are written
+    straight into the high uint16 of each element of a zeroed float32 array (zeroed by the
+    operating system as its pages are first touched): no uint32 intermediate, no shift, exact
+    for every pattern (signs, infinities, NaN payloads, subnormals). Otherwise the assignment
+    casts float16 to float32, which is exact too.
     """
+    out = np.zeros(stored.shape, dtype=np.float32)
     if from_bfloat16:
-        out = np.zeros(stored.shape, dtype=np.float32)
-        target = out.view(np.uint16).reshape(*stored.shape, 2)[..., _HIGH_HALF]  # stored.shape
+        out.view(np.uint16).reshape(*stored.shape, 2)[..., _HIGH_HALF] = stored
     else:
-        out = target = np.empty(stored.shape, dtype=dtype)
-    if stored.ndim == 2 and not stored.flags.c_contiguous and stored.T.flags.c_contiguous:
-        for first in range(0, stored.shape[1], _TRANSPOSE_BAND):
-            band = slice(first, first + _TRANSPOSE_BAND)
-            target[:, band] = stored[:, band]
-    else:
-        target[...] = stored
+        out[...] = stored
     return out
 
 
