@@ -26,10 +26,12 @@ What differs from GPT-2 (gpt.core.model), and why these models do it:
 
 Parameter names are Hugging Face's without the `model.` prefix (`embed_tokens.weight`,
 `layers.0.self_attn.q_proj.weight`, `norm.weight`, `lm_head.weight`), so checkpoints map one to
-one. Every Linear's weight is (in, out), our layout; Hugging Face's files hold (out, in), and
-a model loaded from one holds each Linear weight as the transpose of the file's matrix (a view,
-Fortran-ordered: gpt/io/hf_llama.py), while a model built here holds C-ordered ones. Matrix
-products take either; generation picks its split of the work by which it is (see "Generation").
+one. Every Linear's weight is (in, out), our layout; Hugging Face's files hold (out, in). A
+model built here holds C-ordered weights; a model loaded from a file holds q, k, v, gate, up
+and the head as transposed views of the file's matrices (Fortran-ordered) and o_proj and
+down_proj as C-ordered copies (gpt/io/hf_llama.py), so that each thread of generation reads
+its share of every weight as one contiguous block. Matrix products take either order;
+generation picks its split of the work by which it finds (see "Generation").
 """
 from __future__ import annotations
 
@@ -507,9 +509,10 @@ class Llama(Module):
 #   - the output head by token ids.
 # How a thread gets q, k, v (and gate, up), its columns of projections of the normalised
 # input, depends on the weights' layout and on how many rows there are:
-#   - weights loaded from a Hugging Face file are the transposes of its (out, in) matrices,
-#     so a thread's columns are contiguous rows of the stored matrix: it multiplies by them,
-#     whatever the number of rows (one row: `vecdot`, a dot product per stored row);
+#   - q, k, v, gate and up loaded from a Hugging Face file are transposed views of its
+#     (out, in) matrices, so a thread's columns are contiguous rows of the stored matrix: it
+#     multiplies by them, whatever the number of rows (one row: `vecdot`, a dot product per
+#     stored row). (o_proj and down_proj, split by input rows, are loaded C-ordered.);
 #   - C-ordered weights (a model built here) in a prefill (many rows): the same, by column
 #     blocks, which are strided views that matrix-matrix products read well;
 #   - C-ordered weights in a decode step (a few rows): a matrix-vector product reads a strided

@@ -197,10 +197,8 @@ def load_file(
     `save_file` does, is safe: the mapping keeps the old file).
 
     `transform(name, array)`, if given, is applied to each tensor as it is read (after
-    widening) and may return a view of it, which is kept as it is: a transpose stays a
-    transposed view, of the mapped file or of the widened array, with no copy. (Copying a
-    transpose into C order costs NumPy several nanoseconds a number, ten times what reading
-    the file costs; a view costs nothing, and matrix products take either order.)
+    widening) and its result kept as it is: a view (a transpose, say) of the mapped file or of
+    the widened array, or a new array.
     """
     tensors, _, data_start = _read_header(path)
     # Map the whole file once (the header makes it non-empty: mmap cannot map zero bytes). The
@@ -214,9 +212,10 @@ def load_file(
         array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=mapped[begin:end])
         if widen and info.dtype in _HALF_PRECISION:
             array = _widen(array, from_bfloat16=info.dtype == "BF16")
-            _release_pages(mapping, begin, end)          # a new array: the bytes are done with
         if transform is not None:
             array = transform(name, array)
+        if not np.may_share_memory(array, mapped):      # a new array: the bytes are done with
+            _release_pages(mapping, begin, end)
         out[name] = array
     return out
 
