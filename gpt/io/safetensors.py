@@ -210,6 +210,7 @@ def load_file(
     for name, info in tensors.items():
         begin, end = data_start + info.begin, data_start + info.end
         array = np.ndarray(info.shape, dtype=DTYPES[info.dtype], buffer=mapped[begin:end])
+        _map_pages_now(mapping, begin, end)
         if widen and info.dtype in _HALF_PRECISION:
             array = _widen(array, from_bfloat16=info.dtype == "BF16")
         if transform is not None:
@@ -280,6 +281,29 @@ def _widen(stored: np.ndarray, from_bfloat16: bool) -> np.ndarray:
     else:
         out[...] = stored
     return out
+
+
+# madvise(2)'s MADV_POPULATE_READ (Linux 5.14): Python's mmap module has no name for it.
+_MADV_POPULATE_READ = 22
+
+
+def _map_pages_now(mapping: mmap.mmap, begin: int, end: int) -> None:
+    """Map the pages of bytes [begin, end) into this process in one call, before they are read.
+
+    Otherwise the first read of each 4 KiB page stops for a page fault that maps it: half a
+    million faults for a 2 GB file, each costing microseconds on a virtual machine, which made
+    widening a BF16 file run at a quarter of its speed. Every tensor is read while loading
+    (widened, or checked for NaN by the model's loader), so nothing is mapped that would not
+    have been. On a kernel without it (or not Linux) this does nothing.
+    """
+    if sys.platform != "linux" or not hasattr(mapping, "madvise"):
+        return
+    start = begin - begin % mmap.PAGESIZE
+    if end > start:
+        try:
+            mapping.madvise(_MADV_POPULATE_READ, start, end - start)
+        except OSError:                         # EINVAL before Linux 5.14
+            pass
 
 
 def _release_pages(mapping: mmap.mmap, begin: int, end: int) -> None:
