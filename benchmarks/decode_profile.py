@@ -45,14 +45,9 @@ def median_ms(run, repeats: int) -> float:
 
 def weights_read_by_a_step(model) -> list[np.ndarray]:
     """The (in, out) arrays a decode step multiplies a row by, as `_infer` passes them."""
-    weights = []
-    for block in model.layers:
-        attn, mlp = block.self_attn, block.mlp
-        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.up_proj,
-                   mlp.down_proj] + ([mlp.gate_proj] if mlp.gate_proj is not None else [])
-        weights += [linear.weight.data for linear in linears]
-    weights.append(model.embed_tokens.weight.data.T if model.lm_head is None
-                   else model.lm_head.weight.data)
+    weights = [linear.weight.data for linear in model.projections()]
+    if model.lm_head is None:
+        weights.append(model.embed_tokens.weight.data.T)               # the tied head
     return weights
 
 

@@ -35,6 +35,7 @@ generation picks its split of the work by which it finds (see "Generation").
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -450,15 +451,21 @@ class Llama(Module):
         cos, sin = cached
         return cos[start:end], sin[start:end]
 
+    def projections(self) -> list[Module]:
+        """Every projection of the blocks (q, k, v, o, gate, up, down, layer by layer) and the
+        untied head: the weights a decode step reads, with the embedding when it is the head."""
+        linears = []
+        for block in self.layers:
+            attn, mlp = block.self_attn, block.mlp
+            linears += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj] \
+                + ([mlp.gate_proj] if mlp.gate_proj is not None else []) \
+                + [mlp.up_proj, mlp.down_proj]
+        return linears + ([self.lm_head] if self.lm_head is not None else [])
+
     def _plain_projections(self) -> bool:
         """Whether every projection is a plain Linear without bias (a LoRA adapter is not),
         as `_infer` reads their weights directly."""
-        linears = [self.lm_head] if self.lm_head is not None else []
-        for block in self.layers:
-            attn, mlp = block.self_attn, block.mlp
-            linears += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.up_proj,
-                        mlp.down_proj] + ([mlp.gate_proj] if mlp.gate_proj is not None else [])
-        return all(type(m) is Linear and m.bias is None for m in linears)
+        return all(type(m) is Linear and m.bias is None for m in self.projections())
 
     def _shares(self) -> list[_Share]:
         """How `_infer` splits the work over `inference_threads` (made once per count)."""
@@ -585,7 +592,7 @@ class _ThreadPart:
             return [_project(rows, w[:, cols]) for w, cols in zip(weights, columns)]
         parts = self.buffers.arrays[point]                  # (threads, N, sum of the widths)
         mine, channels = parts[self.rank], self.share.channels
-        offsets = np.cumsum([0] + [w.shape[1] for w in weights])
+        offsets = list(itertools.accumulate((w.shape[1] for w in weights), initial=0))
         for w, start, end in zip(weights, offsets[:-1], offsets[1:]):
             _project(rows[:, channels], w[channels], out=mine[:, start:end])
         self.meeting.meet(self.rank)
