@@ -1,18 +1,20 @@
-"""Where a decode step's time goes: reading the weights, everything else, and the threads' meetings.
+"""Where a decode step's time goes: reading the weights, and everything else.
 
     python benchmarks/chat_models.py --model smollm2-360m --rounds 1   # writes the checkpoint
     python benchmarks/decode_profile.py /tmp/du-chat-models/smollm2-360m --threads 2
 
 For one sequence, after a 16-token prefill, it times (median of --steps steps, one process):
-- `step`: a decode step as generation runs it (Llama._infer, greedy logits of one token);
+- `step`: a decode step as generation runs it (Llama._infer, greedy logits of one token):
+  one Python thread, whose products BLAS splits over --threads threads (with one thread,
+  NumPy's own loops: see `_project`);
 - `weights alone`: every weight the step reads (q, k, v, o, gate, up, down of each layer, and
-  the output head) multiplied by one row through `_project`, the kernels a step uses, one
-  thread, nothing else: how fast these loops stream the model from memory;
-- `weights alone, two threads`: the same, each thread taking one contiguous half of every
-  weight's rows and never waiting for the other: what a perfect split over two cores reads;
-- `rest`: a step with the projections stubbed out (they return zeros): norms, RoPE, attention over the cache, the KV cache writes, Python;
-- `meetings`: with --threads above 1, a step whose barriers return at once (wrong numbers,
-  right timing): the step minus that is what the threads spend waiting for each other.
+  the output head) multiplied by one row as the step multiplies it, nothing else: how fast
+  these products stream the model from memory;
+- `weights alone, own loops, two threads`: each of two Python threads taking one contiguous
+  half of every weight's rows through NumPy's one-thread loops, never waiting for the other
+  (the way a team of threads would read them, without its meetings);
+- `rest`: a step with the projections stubbed out (they return zeros): norms, RoPE,
+  attention over the cache, the KV cache writes, Python.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ import gpt.core.llama as llama_module                        # noqa: E402
 from autograd import no_grad                                 # noqa: E402
 from autograd.parallel import limit_blas_threads             # noqa: E402
 from gpt import load_pretrained                              # noqa: E402
-from gpt.core.thread_team import Meeting                     # noqa: E402
 
 
 def median_ms(run, repeats: int) -> float:
@@ -60,18 +61,15 @@ def row_halves(weight: np.ndarray) -> list[np.ndarray]:
     return [weight[:, :half], weight[:, half:]]
 
 
-def project_all(weights: list[np.ndarray]) -> None:
+def project_all(weights: list[np.ndarray], own_loops: bool = True) -> None:
     for weight in weights:
-        llama_module._project(np.ones((1, weight.shape[0]), weight.dtype), weight)
+        llama_module._project(np.ones((1, weight.shape[0]), weight.dtype), weight, own_loops)
 
 
-def stub_project(rows: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None):
+def stub_project(rows: np.ndarray, weight: np.ndarray, own_loops: bool = True) -> np.ndarray:
     """What `_project` returns, zeros, without reading the weight (zeros, not an untouched
     buffer: garbage there can hold subnormal numbers, which slow every later op)."""
-    if out is None:
-        return np.zeros((rows.shape[0], weight.shape[1]), rows.dtype)
-    out[...] = 0
-    return out
+    return np.zeros((rows.shape[0], weight.shape[1]), rows.dtype)
 
 
 def main() -> None:
@@ -102,29 +100,24 @@ def main() -> None:
         for thread in threads:
             thread.join()
 
-    with no_grad(), np.errstate(all="ignore"):     # a step without meetings adds racy parts
+    with no_grad():
         model(np.arange(16)[None], kv_cache=cache, last_only=True)
         figures = {"step": median_ms(step, args.steps)}
+        with limit_blas_threads(args.threads):
+            figures["weights alone"] = median_ms(
+                lambda: project_all(weights, own_loops=args.threads == 1), 10)
         with limit_blas_threads(1):
-            figures["weights alone"] = median_ms(lambda: project_all(weights), 10)
-            figures["weights alone, two threads"] = median_ms(both_halves, 10)
-        real_project, real_meet = llama_module._project, Meeting.meet
+            figures["weights alone, own loops, two threads"] = median_ms(both_halves, 10)
+        real_project = llama_module._project
         try:
             llama_module._project = stub_project
             figures["rest"] = median_ms(step, args.steps)
-            llama_module._project = real_project
-            if args.threads > 1:
-                Meeting.meet = lambda self, rank: None
-                figures["step without meetings"] = median_ms(step, args.steps)
         finally:
-            llama_module._project, Meeting.meet = real_project, real_meet
+            llama_module._project = real_project
     print(f"{args.checkpoint}, {args.threads} thread(s): {gigabytes:.2f} GB of weights a step")
     for name, ms in figures.items():
         rate = f" ({gigabytes / ms * 1e3:.1f} GB/s)" if name.startswith("weights") else ""
-        print(f"  {name:<28} {ms:7.1f} ms{rate}")
-    if "step without meetings" in figures:
-        print(f"  {'meetings':<28} {figures['step'] - figures['step without meetings']:7.1f} ms")
-
+        print(f"  {name:<40} {ms:7.1f} ms{rate}")
 
 if __name__ == "__main__":
     main()

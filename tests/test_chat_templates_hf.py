@@ -413,14 +413,14 @@ def test_chat_py_shows_the_answer_and_leaves_the_reasoning_out_of_a_pipe(qwen3_d
 
 
 def test_chat_py_threads_option_reaches_the_models_own_threads(qwen3_dir, monkeypatch):
-    # A Llama-family model splits each layer over threads of its own: --threads must set
-    # those as well as BLAS's, or --threads 1 still runs one thread per core.
+    # A Llama-family model splits its work over threads of its own (and BLAS's): --threads
+    # must set its count, or --threads 1 still runs one thread per core.
     seen = []
     shares = Llama._shares
 
-    def spy(model):
+    def spy(model, threads):
         seen.append(model.inference_threads)
-        return shares(model)
+        return shares(model, threads)
 
     monkeypatch.setattr(Llama, "_shares", spy)
     out = io.StringIO()

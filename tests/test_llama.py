@@ -471,8 +471,10 @@ def test_bad_configs_and_inputs_are_clear_errors():
         model(np.zeros((1, 3)))
 
 
-# Generation takes Llama._infer: the same arithmetic on plain arrays, split over threads by
-# key/value heads, MLP units and vocabulary. It must give what `forward` gives.
+# Generation takes Llama._infer: the same arithmetic on plain arrays. A prefill of more than
+# _DECODE_MAX_ROWS rows is split over a team of threads by key/value heads, MLP units and
+# vocabulary; decode steps run in one thread (BLAS's threads split their products). Both
+# must give what `forward` gives.
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("changes", [
     dict(),                                                       # 2 kv heads for 4 query heads
@@ -480,19 +482,22 @@ def test_bad_configs_and_inputs_are_clear_errors():
     dict(n_kv_head=4, mlp="relu2", logit_softcap=5.0),            # one query head per kv head
 ])
 def test_generation_path_gives_the_logits_of_forward(changes, threads):
+    from gpt.core.llama import _DECODE_MAX_ROWS
     model = Llama(tiny_config(**changes), rng=np.random.default_rng(0)).eval()
     model.inference_threads = threads
     tokens = np.random.default_rng(1).integers(0, 40, size=(2, 12))
+    prefill = 9
+    assert 2 * prefill > _DECODE_MAX_ROWS >= 2                    # a team pass, then decode steps
     with no_grad():
         full = model(tokens).data                                 # the autograd path
         cache = model.new_kv_cache(batch_size=2)
-        parts = [model(tokens[:, :7], kv_cache=cache).data]        # prefill, then decode
-        parts += [model(tokens[:, t:t + 1], kv_cache=cache).data for t in range(7, 12)]
+        parts = [model(tokens[:, :prefill], kv_cache=cache).data]
+        assert len(model._split[1]) == min(threads, model.config.n_kv_head)   # the team's
+        parts += [model(tokens[:, t:t + 1], kv_cache=cache).data for t in range(prefill, 12)]
+        assert len(model._split[1]) == 1                          # decode: one thread
         cache = model.new_kv_cache(batch_size=2)
         hidden = model(tokens, kv_cache=cache, last_only=True, return_hidden=True).data
         expected_hidden = model(tokens, return_hidden=True).data[:, -1:]
-    assert model._split is not None                              # the path was taken
-    assert len(model._split[1]) == min(threads, model.config.n_kv_head)
     assert np.abs(np.concatenate(parts, axis=1) - full).max() < 1e-5
     assert np.abs(hidden - expected_hidden).max() < 1e-5
 

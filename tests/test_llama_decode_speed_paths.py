@@ -1,9 +1,10 @@
 """The decode paths of gpt.core.llama that exist for speed, against what they stand in for.
 
 A chat decodes one sequence one token at a time, and `Llama._infer` takes shortcuts there:
-a single row's matrix-vector products by einsum (and the tied head's by vecdot), which
-batched decoding and prefill never take, and attention of the one new position with its
-first product turned round. The tests in test_llama.py decode batches of two, so the
+on one thread, a single row's matrix-vector products by einsum (and the tied head's by
+vecdot), which batched decoding and prefill never take; on more, one thread whose products
+BLAS's threads split; and attention of the one new position with its first product turned
+round. The tests in test_llama.py decode batches of two, so the
 single-row shortcuts are checked here with one sequence: against PyTorch's KV-cached decode
 of the reference checkpoints, and against our own autograd forward.
 """
@@ -65,6 +66,7 @@ def test_one_sequence_decodes_as_the_autograd_forward_computes(changes, threads)
     assert np.abs(decode_one_at_a_time(model, tokens, prefill=5) - full).max() < 1e-5
 
 
+@pytest.mark.parametrize("own_loops", [True, False])     # False: BLAS, whatever the shapes
 @pytest.mark.parametrize("rows, width, layout", [
     (1, 48, "ours"),                           # one row, narrow: einsum
     (1, _EINSUM_MAX_WIDTH + 8, "ours"),        # one row, wider than that: BLAS
@@ -73,14 +75,14 @@ def test_one_sequence_decodes_as_the_autograd_forward_computes(changes, threads)
     (3, 48, "ours"),                           # several rows: BLAS
     (3, 48, "transposed"),
 ])
-def test_project_is_the_matrix_product(rows, width, layout):
+def test_project_is_the_matrix_product(rows, width, layout, own_loops):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, 64)).astype(np.float32)
     weight = rng.standard_normal((64, 2 * width)).astype(np.float32)
     weight = {"ours": weight[:, :width].copy(), "strided": weight[:, ::2],
               "transposed": weight[:, :width].T.copy().T}[layout]
     expected = x.astype(np.float64) @ weight.astype(np.float64)
-    got = _project(x, weight)
+    got = _project(x, weight, own_loops=own_loops)
     assert got.shape == (rows, width) and got.dtype == np.float32
     assert np.abs(got - expected).max() < 1e-4
 

@@ -35,7 +35,6 @@ generation picks its split of the work by which it finds (see "Generation").
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -223,7 +222,7 @@ class LlamaAttention(Module):
         q_columns = slice(kv_heads.start * n_rep * D, kv_heads.stop * n_rep * D)
         kv_columns = slice(kv_heads.start * D, kv_heads.stop * D)
         q, k, v = part.project(rows, (self.q_proj, self.k_proj, self.v_proj),
-                               (q_columns, kv_columns, kv_columns), "qkv")
+                               (q_columns, kv_columns, kv_columns))
         q, k, v = (t.reshape(B, T, -1, D) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = _normalise(self.q_norm, q), _normalise(self.k_norm, k)
@@ -240,7 +239,7 @@ class LlamaAttention(Module):
                                   repeat_kv_forward(values, n_rep), is_causal=True,
                                   dropout_p=0.0, rng=None)[0]
         y = y.reshape(B, h_kv * n_rep, T, D).transpose(0, 2, 1, 3).reshape(B * T, -1)
-        return _project(y, self.o_proj.weight.data[q_columns])
+        return part.matmul(y, self.o_proj.weight.data[q_columns])
 
 
 class LlamaMLP(Module):
@@ -268,12 +267,12 @@ class LlamaMLP(Module):
         """
         units = part.share.mlp_units
         if self.gate_proj is not None:
-            gate, up = part.project(rows, (self.gate_proj, self.up_proj), (units, units), "mlp")
+            gate, up = part.project(rows, (self.gate_proj, self.up_proj), (units, units))
             hidden = swiglu_forward(gate, up)[0]
         else:
-            up, = part.project(rows, (self.up_proj,), (units,), "mlp")
+            up, = part.project(rows, (self.up_proj,), (units,))
             hidden = relu_squared_forward(up)[0]
-        return _project(hidden, self.down_proj.weight.data[units])
+        return part.matmul(hidden, self.down_proj.weight.data[units])
 
 
 class LlamaBlock(Module):
@@ -399,18 +398,19 @@ class Llama(Module):
         idx, start = token_batch(idx, kv_cache, self.config.block_size)
         B, T = idx.shape
         kv_cache.reserve(start + T)          # grown here, not by parallel threads' stores
-        shares = self._shares()
+        threads = self.inference_threads or default_threads()
+        # A decode step (a few rows): one thread, with BLAS's threads splitting each product;
+        # a prefill: our team of threads, each with its share of every layer (see below).
+        decode = B * T <= _DECODE_MAX_ROWS
+        shares = self._shares(1 if decode else threads)
+        blas_threads = threads if decode else 1
         rope = self._rope_for(start, T, self.embed_tokens.weight.dtype)   # (T, D/2) cos, sin
-        # A C-ordered weight's columns are strided: a decode step splits such weights by rows.
-        c_ordered = self.layers[0].self_attn.q_proj.weight.data.flags.c_contiguous
-        buffers = _PartBuffers(self.config, len(shares), B * T, self.embed_tokens.weight.dtype,
-                               by_rows=len(shares) > 1 and B * T <= _ROW_SPLIT_MAX_ROWS
-                               and c_ordered)
+        buffers = _PartBuffers(self.config, len(shares), B * T, self.embed_tokens.weight.dtype)
         head = self.embed_tokens.weight.data.T if self.lm_head is None \
             else self.lm_head.weight.data                                 # (C, V)
 
         def run_share(rank: int, meeting: Meeting) -> np.ndarray:
-            part = _ThreadPart(shares[rank], rank, meeting, buffers)
+            part = _ThreadPart(shares[rank], rank, meeting, buffers, blas_threads == 1)
             x = self.embed_tokens.weight.data[idx]                        # (B, T, C)
             for layer, block in enumerate(self.layers):
                 x = block.infer(x, kv_cache, layer, rope, part)
@@ -420,9 +420,9 @@ class Llama(Module):
             if return_hidden:
                 return x                                      # (B, T, C), alike in every thread
             rows = x.reshape(-1, x.shape[-1])
-            return _project(rows, head[:, part.share.vocab])              # (B*T, its tokens)
+            return part.matmul(rows, head[:, part.share.vocab])           # (B*T, its tokens)
 
-        with limit_blas_threads(1):          # each thread's products on its own core
+        with limit_blas_threads(blas_threads):
             results = thread_team(len(shares)).run(run_share)
         kv_cache.length += T
         if return_hidden:
@@ -467,9 +467,8 @@ class Llama(Module):
         as `_infer` reads their weights directly."""
         return all(type(m) is Linear and m.bias is None for m in self.projections())
 
-    def _shares(self) -> list[_Share]:
-        """How `_infer` splits the work over `inference_threads` (made once per count)."""
-        threads = self.inference_threads or default_threads()
+    def _shares(self, threads: int) -> list[_Share]:
+        """How `_infer` splits a layer's work over `threads` threads (made once per count)."""
         if self._split is None or self._split[0] != threads:
             self._split = (threads, _split_work(self.config, threads))
         return self._split[1]
@@ -503,45 +502,47 @@ class Llama(Module):
 # `Llama._infer` calls the ops' forward halves (`*_forward` in autograd/ops, the code
 # `forward` runs) on the parameters' arrays.
 #
-# Decoding is bound by memory: every weight is read once per token. One core does not draw
-# all the bandwidth there is, so the work is split over threads, each of which reads its own
-# part of every weight, the way tensor parallelism splits a model over GPUs. The threads are a
-# team (gpt/core/thread_team.py): each runs the whole forward pass on its share and they meet
-# at barriers, where each adds up the parts all of them wrote.
-#   - attention by key/value heads: a thread has q, k, v for its heads, attends with them,
-#     and multiplies by its rows of o_proj, which gives a (B*T, C) part of the output; the
-#     parts add up to o_proj(y) (a barrier);
+# How the work is split over the cores depends on the number of rows (B*T).
+#
+# A decode step (up to _DECODE_MAX_ROWS rows) is bound by memory: it reads every weight once
+# for a row or a few. It runs in the caller's thread, and the BLAS library's threads split each
+# matrix-vector product. One core does not draw all the bandwidth there is, and BLAS's threads
+# meet at each product cheaply: they spin for a moment rather than sleep. The small steps in
+# between (norms, RoPE, attention over the cache, SwiGLU) are run once, by one thread. With one
+# thread, a row's products take NumPy's own loops instead (see `_project`).
+#
+# A prefill (many rows) is bound by arithmetic, and there threads that each own a share of
+# every layer do better than BLAS's: the share's products are large, and the threads meet only
+# twice per layer. Such threads are a team (gpt/core/thread_team.py): each runs the whole
+# forward pass on its share, the way tensor parallelism splits a model over GPUs, and they
+# meet at barriers, where each adds up the parts all of them wrote:
+#   - attention by key/value heads: a thread has q, k, v for its heads (its columns of those
+#     projections), attends with them, and multiplies by its rows of o_proj, which gives a
+#     (B*T, C) part of the output; the parts add up to o_proj(y) (a barrier);
 #   - the MLP by hidden units: a thread has gate and up for its units and multiplies by its
 #     rows of down; the parts add up (a barrier);
 #   - the output head by token ids.
-# How a thread gets q, k, v (and gate, up), its columns of projections of the normalised
-# input, depends on the weights' layout and on how many rows there are:
-#   - q, k, v, gate and up loaded from a Hugging Face file are transposed views of its
-#     (out, in) matrices, so a thread's columns are contiguous rows of the stored matrix: it
-#     multiplies by them, whatever the number of rows (one row: `vecdot`, a dot product per
-#     stored row). (o_proj and down_proj, split by input rows, are loaded C-ordered.);
-#   - C-ordered weights (a model built here) in a prefill (many rows): the same, by column
-#     blocks, which are strided views that matrix-matrix products read well;
-#   - C-ordered weights in a decode step (a few rows): a matrix-vector product reads a strided
-#     block at a fraction of the speed it reads a contiguous one, so each thread multiplies its
-#     slice of the input channels by its rows of the weights (one contiguous block), writes
-#     that partial product of every column into a buffer, and after a barrier adds up the
-#     partials of its columns: four meetings per layer instead of two.
 # The threads block while they wait (they do not spin), so the work degrades gracefully when
 # another program holds a core, and each thread's matrix products run on one core: the BLAS
-# library is limited to one thread meanwhile, as its own thread pool would meet at every
-# product.
+# library is limited to one thread meanwhile.
+#
+# Why not the team for decoding too: between its products, each thread of a team runs the
+# same few dozen small NumPy calls per layer, and they take turns with Python's global
+# interpreter lock. Every hand-over wakes a sleeping thread, which costs tens of microseconds
+# on a virtual machine, and products of a few megabytes then read memory at about half the
+# speed. benchmarks/RESULTS.md ("Chat models") has the measurements.
+
+# Up to this many rows (B*T), a pass runs in one thread with BLAS's threads.
+_DECODE_MAX_ROWS = 16
 
 
 @dataclass(frozen=True)
 class _Share:
     """One thread's part of every layer: key/value heads (with the query heads that share
-    them), MLP hidden units, token ids of the output head, and the input channels (rows of
-    q, k, v, gate and up) it reads in a decode step."""
+    them), MLP hidden units, and token ids of the output head."""
     kv_heads: slice
     mlp_units: slice
     vocab: slice
-    channels: slice
 
 
 def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
@@ -553,51 +554,40 @@ def _split_work(config: LlamaConfig, threads: int) -> list[_Share]:
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     return [_Share(*parts) for parts in zip(ranges(config.n_kv_head),
                                             ranges(config.intermediate_size),
-                                            ranges(config.vocab_size), ranges(config.n_embd))]
-
-
-# Up to this many rows (B*T), the projections of the input are split by rows of the weights.
-_ROW_SPLIT_MAX_ROWS = 16
+                                            ranges(config.vocab_size))]
 
 
 class _PartBuffers:
-    """Where the threads of one pass leave their parts for each other: per meeting point
-    (named as `_ThreadPart` names them), a (threads, rows, width) array, row t for thread t.
-    A buffer is written again only two barriers after it was read, so one set serves every
-    layer."""
+    """Where the threads of one pass leave their parts for each other: per meeting point,
+    "attn" and "mlp_out", a (threads, rows, C) array, row t for thread t. A buffer is
+    written again only two barriers after it was read, so one set serves every layer."""
 
-    def __init__(self, config: LlamaConfig, threads: int, rows: int, dtype: np.dtype,
-                 by_rows: bool):
-        self.threads, self.by_rows = threads, by_rows
-        widths = {"attn": config.n_embd, "mlp_out": config.n_embd}
-        if by_rows:
-            widths["qkv"] = (config.n_head + 2 * config.n_kv_head) * config.head_size
-            widths["mlp"] = config.intermediate_size * (2 if config.mlp == "swiglu" else 1)
+    def __init__(self, config: LlamaConfig, threads: int, rows: int, dtype: np.dtype):
+        self.threads = threads
         self.arrays = {} if threads == 1 else \
-            {name: np.empty((threads, rows, width), dtype) for name, width in widths.items()}
+            {point: np.empty((threads, rows, config.n_embd), dtype)
+             for point in ("attn", "mlp_out")}
 
 
 class _ThreadPart:
-    """One thread's side of one pass of `Llama._infer`: its share, and its meetings."""
+    """One thread's side of one pass of `Llama._infer`: its share, its meetings, and whether
+    its products run on this one thread (`own_loops`: a row's products by NumPy's loops)."""
 
-    def __init__(self, share: _Share, rank: int, meeting: Meeting, buffers: _PartBuffers):
+    def __init__(self, share: _Share, rank: int, meeting: Meeting, buffers: _PartBuffers,
+                 own_loops: bool):
         self.share, self.rank, self.meeting, self.buffers = share, rank, meeting, buffers
+        self.own_loops = own_loops
 
-    def project(self, rows: np.ndarray, linears: tuple[Linear, ...], columns: tuple[slice, ...],
-                point: str) -> list[np.ndarray]:
+    def matmul(self, rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """rows (N, K) @ weight (K, M), by the kernel that suits this pass."""
+        return _project(rows, weight, own_loops=self.own_loops)
+
+    def project(self, rows: np.ndarray, linears: tuple[Linear, ...],
+                columns: tuple[slice, ...]) -> list[np.ndarray]:
         """[rows @ linear.weight[:, cols] for each linear and its columns]: this thread's
         columns of projections of rows (N, C), which every thread holds."""
-        weights = [linear.weight.data for linear in linears]              # (C, M) each
-        if not self.buffers.by_rows:
-            return [_project(rows, w[:, cols]) for w, cols in zip(weights, columns)]
-        parts = self.buffers.arrays[point]                  # (threads, N, sum of the widths)
-        mine, channels = parts[self.rank], self.share.channels
-        offsets = list(itertools.accumulate((w.shape[1] for w in weights), initial=0))
-        for w, start, end in zip(weights, offsets[:-1], offsets[1:]):
-            _project(rows[:, channels], w[channels], out=mine[:, start:end])
-        self.meeting.meet(self.rank)
-        return [_sum_parts(parts[:, :, start + cols.start:start + cols.stop])
-                for start, cols in zip(offsets[:-1], columns)]
+        return [self.matmul(rows, linear.weight.data[:, cols])
+                for linear, cols in zip(linears, columns)]
 
     def total(self, part: np.ndarray, point: str) -> np.ndarray:
         """The sum of every thread's `part` (N, C), in every thread."""
@@ -625,31 +615,30 @@ _EINSUM_MAX_WIDTH = 3072
 _vecdot = getattr(np, "vecdot", None)
 
 
-def _project(rows: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays, written
-    into `out` (N, M) if given.
+def _project(rows: np.ndarray, weight: np.ndarray, own_loops: bool = True) -> np.ndarray:
+    """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays.
 
     A decode step of one sequence projects a single row: a matrix-vector product, bound by
-    reading the weight from memory. OpenBLAS's kernel for it reads a matrix below the speed
-    the memory allows, the more so the narrower the output, so one row takes NumPy's own
-    loops, each of which reads the weight in one pass in the order it is stored:
+    reading the weight from memory. On one core, OpenBLAS's kernel for it can read a matrix
+    below the speed the memory allows, the more so the narrower the output, so with
+    `own_loops` one row takes NumPy's own loops, each of which reads the weight in one pass in
+    the order it is stored:
     - a weight in our (in, out) layout, by einsum: `k,kn->n` adds x_k * W[k, :] into the
       output row by row, which runs at memory speed while the output stays in L1;
     - the transpose of a row-major matrix (a weight loaded from a Hugging Face file, whose
       matrices are (out, in), or the tied head: the embedding's rows), by vecdot: one dot
       product per row of it, each with a row that is contiguous, at any width.
     A wider output of our layout, a weight that is a strided view (einsum reads one at a third
-    of the speed), and several rows (a prefill, or a batch) go to BLAS, whose products are the
-    fast way there. These loops let go of the GIL as BLAS does, so the threads of a team still run
-    at once.
+    of the speed), several rows (a prefill, or a batch), and every product when BLAS may use
+    several threads (not `own_loops`) go to BLAS. NumPy's loops let go of the GIL as BLAS
+    does, so the threads of a team still run at once.
     """
-    if rows.shape[0] == 1:
-        row_out = None if out is None else out[0]
+    if own_loops and rows.shape[0] == 1:
         if weight.flags.c_contiguous and weight.shape[1] <= _EINSUM_MAX_WIDTH:
-            return np.einsum("k,kn->n", rows[0], weight, out=row_out)[None]    # (1, M)
+            return np.einsum("k,kn->n", rows[0], weight)[None]                # (1, M)
         if _vecdot is not None and weight.T.flags.c_contiguous:
-            return _vecdot(weight.T, rows[0], out=row_out)[None]              # (1, M)
-    return np.matmul(rows, weight, out=out)
+            return _vecdot(weight.T, rows[0])[None]                          # (1, M)
+    return rows @ weight
 
 
 def _attend_newest(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
