@@ -27,11 +27,9 @@ What differs from GPT-2 (gpt.core.model), and why these models do it:
 Parameter names are Hugging Face's without the `model.` prefix (`embed_tokens.weight`,
 `layers.0.self_attn.q_proj.weight`, `norm.weight`, `lm_head.weight`), so checkpoints map one to
 one. Every Linear's weight is (in, out), our layout; Hugging Face's files hold (out, in). A
-model built here holds C-ordered weights; a model loaded from a file holds q, k, v, gate, up
-and the head as transposed views of the file's matrices (Fortran-ordered) and o_proj and
-down_proj as C-ordered copies (gpt/io/hf_llama.py), so that each thread of generation reads
-its share of every weight as one contiguous block. Matrix products take either order;
-generation picks its split of the work by which it finds (see "Generation").
+model built here holds C-ordered weights; a model loaded from a file holds its projections
+and head as transposed views of the file's matrices (Fortran-ordered, gpt/io/hf_llama.py),
+so a float32 file's weights are never copied. Matrix products take either order.
 """
 from __future__ import annotations
 

@@ -15,9 +15,8 @@ Weights are named `model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.
 `model.norm.weight`, `lm_head.weight` (absent when the head is tied to the embedding). Linear
 weights are stored (out, in), PyTorch's layout; ours is (in, out). As it is read
 (`to_our_layout`, one tensor at a time, after a bfloat16 or float16 one is widened to float32)
-each becomes the transposed view of the stored matrix, no copy, or for o_proj and down_proj a
-transposed C-ordered copy: the order in which generation's threads read their shares of it
-contiguously. Written, each is transposed back (a view; the writer copies it in order).
+each becomes the transposed view of the stored matrix, no copy: a float32 file's weights stay
+its mapped pages. Written, each is transposed back (a view; the writer copies it in order).
 
 What is refused, by name, because the model here would compute something else: another
 model_type, mixture-of-experts layers, sliding-window attention, an activation other than SiLU,
@@ -192,36 +191,19 @@ def _is_linear_weight(name: str) -> bool:
     return name.endswith(".weight") and "embed_tokens" not in name
 
 
-# The Linear weights that generation splits over threads by their input rows (a thread's
-# heads of o_proj, its hidden units of down_proj); the others it splits by output columns.
-_SPLIT_BY_INPUT_ROWS = ("o_proj.weight", "down_proj.weight")
-# Stored rows and columns per tile of a transposing copy: a 256 x 256 float32 tile is 256 KB,
-# which stays in a core's L2 cache while it is read along one axis and written along the other.
-_TILE = 256
-
-
 def to_our_layout(name: str, array: np.ndarray) -> np.ndarray:
     """A tensor of a Hugging Face file as our model holds it: Linear weights (out, in) ->
-    (in, out); everything else unchanged. For `gpt.io.safetensors.load_file(transform=...)`,
-    which applies it tensor by tensor, after widening half precision to float32.
+    (in, out), as the transposed view (Fortran-ordered, no copy); everything else unchanged.
+    For `gpt.io.safetensors.load_file(transform=...)`, which applies it tensor by tensor,
+    after widening half precision to float32.
 
-    Each Linear weight is held in the order in which a thread's share of it is contiguous in
-    memory (see "Generation" in gpt/core/llama.py): a thread takes output columns of q, k, v,
-    gate, up and the head, which are rows of the stored matrix, so those are its transposed
-    view (Fortran-ordered, no copy); it takes input rows of o_proj and down_proj, so those are
-    copied into C order, a tile at a time.
+    A decode step multiplies a row by each weight in this layout: a dot product with each
+    stored row, the order in which the matrix lies in memory (see `_project` in
+    gpt/core/llama.py).
     """
     if array.ndim != 2 or not _is_linear_weight(name):
         return array
-    if not name.endswith(_SPLIT_BY_INPUT_ROWS):
-        return array.T
-    rows, columns = array.shape
-    copy = np.empty((columns, rows), dtype=array.dtype)               # (in, out), C-ordered
-    for first_row in range(0, rows, _TILE):
-        for first_column in range(0, columns, _TILE):
-            tile = array[first_row:first_row + _TILE, first_column:first_column + _TILE]
-            copy[first_column:first_column + _TILE, first_row:first_row + _TILE] = tile.T
-    return copy
+    return array.T
 
 
 def llama_weights_from_hf(tensors: dict[str, np.ndarray],
