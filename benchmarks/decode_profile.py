@@ -6,7 +6,7 @@
 For one sequence, after a 16-token prefill, it times (median of --steps steps, one process):
 - `step`: a decode step as generation runs it (Llama._infer, greedy logits of one token):
   one Python thread, whose products BLAS splits over --threads threads (with one thread,
-  NumPy's own loops: see `_project`);
+  BLAS or NumPy's own loops, whichever the model found faster: see `_project`);
 - `weights alone`: every weight the step reads (q, k, v, o, gate, up, down of each layer, and
   the output head) multiplied by one row as the step multiplies it, nothing else: how fast
   these products stream the model from memory;
@@ -103,9 +103,9 @@ def main() -> None:
     with no_grad():
         model(np.arange(16)[None], kv_cache=cache, last_only=True)
         figures = {"step": median_ms(step, args.steps)}
+        own_loops = args.threads == 1 and model._own_loops_read_faster()   # as the step does
         with limit_blas_threads(args.threads):
-            figures["weights alone"] = median_ms(
-                lambda: project_all(weights, own_loops=args.threads == 1), 10)
+            figures["weights alone"] = median_ms(lambda: project_all(weights, own_loops), 10)
         with limit_blas_threads(1):
             figures["weights alone, own loops, two threads"] = median_ms(both_halves, 10)
         real_project = llama_module._project
@@ -114,7 +114,9 @@ def main() -> None:
             figures["rest"] = median_ms(step, args.steps)
         finally:
             llama_module._project = real_project
-    print(f"{args.checkpoint}, {args.threads} thread(s): {gigabytes:.2f} GB of weights a step")
+    kernel = "NumPy's own loops" if own_loops else "BLAS"
+    print(f"{args.checkpoint}, {args.threads} thread(s), one-row products by {kernel}: "
+          f"{gigabytes:.2f} GB of weights a step")
     for name, ms in figures.items():
         rate = f" ({gigabytes / ms * 1e3:.1f} GB/s)" if name.startswith("weights") else ""
         print(f"  {name:<40} {ms:7.1f} ms{rate}")

@@ -115,9 +115,10 @@ def test_hidden_states_match_pytorch(name):
 
 
 @pytest.mark.parametrize("name", REFERENCES)
-def test_kv_cached_decode_matches_pytorch_and_our_full_forward(name):
+@pytest.mark.parametrize("mode", ["train", "eval"])   # autograd ops / generation's `_infer`
+def test_kv_cached_decode_matches_pytorch_and_our_full_forward(name, mode):
     directory, ref = reference(name)
-    model = load_pretrained(directory)
+    model = load_pretrained(directory).train(mode == "train")
     x = ref["x"]
     with no_grad():
         full = model(x).data

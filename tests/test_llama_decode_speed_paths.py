@@ -10,12 +10,15 @@ of the reference checkpoints, and against our own autograd forward.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from _paths import reference_file
 
 from autograd import no_grad
 from autograd.ops.attention import attention_forward
+import gpt.core.llama as llama_module
 from gpt.core.llama import _EINSUM_MAX_WIDTH, Llama, LlamaConfig, _attend_newest, _project
 from gpt.io.checkpoint import load_pretrained
 
@@ -38,28 +41,47 @@ def decode_one_at_a_time(model: Llama, tokens: np.ndarray, prefill: int) -> np.n
     return np.concatenate(parts, axis=0)
 
 
+# One thread: NumPy's own loops or BLAS, whichever `_own_loops_read_faster` found faster
+# (forced here, so both are checked on any machine); two threads: BLAS's.
+PATHS = {"own loops": (1, True), "BLAS, one thread": (1, False), "BLAS, two threads": (2, None)}
+
+
+def take_path(model: Llama, path: str) -> None:
+    threads, own_loops = PATHS[path]
+    model.inference_threads = threads
+    if own_loops is not None:
+        for layout in (True, False):
+            model._own_loops_faster[layout] = own_loops
+
+
 @pytest.mark.parametrize("name", ["hf-llama-tiny", "hf-qwen3-tiny"])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_one_sequence_decodes_as_pytorch_does(name, threads):
+@pytest.mark.parametrize("path", PATHS)
+def test_one_sequence_decodes_as_pytorch_does(name, path, monkeypatch):
     directory = reference_file(name)
     with np.load(directory / "reference.npz") as data:
         x, decode_logits = data["x"], data["decode_logits"]
-    model = load_pretrained(directory)
-    model.inference_threads = threads
+    model = load_pretrained(directory).eval()          # dropout off: generation's path
+    take_path(model, path)
+    chosen = []
+    real_project = llama_module._project
+    monkeypatch.setattr(llama_module, "_project",
+                        lambda rows, w, own_loops=True: chosen.append(own_loops)
+                        or real_project(rows, w, own_loops))
     for row in range(len(x)):                         # each sequence of the batch on its own
         ours = decode_one_at_a_time(model, x[row], prefill=1)
         assert np.abs(ours - decode_logits[row]).max() < TOL
+    assert set(chosen) == {PATHS[path][1] is True}          # the path asked for was taken
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("changes", [
     dict(),
     dict(n_kv_head=3, n_head=6, head_dim=4, qk_norm=True, tie_word_embeddings=True),
     dict(n_kv_head=4, mlp="relu2", logit_softcap=5.0),
 ])
-def test_one_sequence_decodes_as_the_autograd_forward_computes(changes, threads):
+def test_one_sequence_decodes_as_the_autograd_forward_computes(changes, path):
     model = Llama(tiny_config(**changes), rng=np.random.default_rng(0)).eval()
-    model.inference_threads = threads
+    take_path(model, path)
     tokens = np.random.default_rng(1).integers(0, 40, size=12)
     with no_grad():
         full = model(tokens[None]).data[0]
@@ -98,3 +120,42 @@ def test_attention_of_the_newest_position_is_attention_forwards():
     got = _attend_newest(q, keys, values)
     assert got.shape == (2, 3, 4, 8) and got.dtype == np.float32
     assert np.abs(got - expected).max() < 1e-6
+
+
+@pytest.mark.parametrize("slow_kernel", [True, False])
+def test_the_faster_one_row_kernel_is_found_by_timing_both(slow_kernel, monkeypatch):
+    # `_project` made slow on one side (own_loops == slow_kernel): the probe must pick the
+    # other, having run each kernel over every sampled weight.
+    weights = [np.ones((8, 4), np.float32), np.ones((4, 8), np.float32).T, np.ones((8, 8))]
+    calls = {True: [], False: []}
+
+    def timed(rows, weight, own_loops=True):
+        calls[own_loops].append(weight.shape)
+        if own_loops == slow_kernel:
+            time.sleep(0.002)
+        return rows @ weight
+
+    monkeypatch.setattr(llama_module, "_project", timed)
+    own_faster = llama_module._own_loops_read_faster(weights, min_seconds=0.01)
+    assert own_faster is (not slow_kernel)
+    for side in calls.values():
+        assert {w.shape for w in weights} <= set(side)
+
+
+def test_a_model_times_the_kernels_once_per_layout_and_only_for_one_thread(monkeypatch):
+    probes = []
+    monkeypatch.setattr(llama_module, "_own_loops_read_faster",
+                        lambda weights, **kw: probes.append(len(weights)) or True)
+    model = Llama(tiny_config(), rng=np.random.default_rng(0)).eval()
+    tokens = np.random.default_rng(1).integers(0, 40, size=8)
+    model.inference_threads = 2
+    decode_one_at_a_time(model, tokens, prefill=3)
+    assert probes == []                             # two threads: BLAS's, nothing to time
+    model.inference_threads = 1
+    decode_one_at_a_time(model, tokens, prefill=3)
+    decode_one_at_a_time(model, tokens, prefill=3)
+    assert probes == [len(model.projections())]     # once, over every projection's weight
+    for linear in model.projections():              # the layout of a loaded checkpoint
+        linear.weight.data = np.asfortranarray(linear.weight.data)
+    decode_one_at_a_time(model, tokens, prefill=3)
+    assert len(probes) == 2

@@ -34,6 +34,7 @@ so a float32 file's weights are never copied. Matrix products take either order.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,6 +327,8 @@ class Llama(Module):
         # Threads that generation splits each layer over (None: one per core).
         self.inference_threads: int | None = None
         self._split: tuple[int, list[_Share]] | None = None
+        # Whether one-row products read faster by NumPy's loops than by BLAS, per layout.
+        self._own_loops_faster: dict[bool, bool] = {}
         # Generation's RoPE cos and sin for positions 0 .. capacity - 1, each (capacity, D/2).
         self._rope_cache: tuple[np.ndarray, np.ndarray] | None = None
         if not init_skipped():          # inside autograd.nn.skip_init(): weights come next
@@ -402,13 +405,14 @@ class Llama(Module):
         decode = B * T <= _DECODE_MAX_ROWS
         shares = self._shares(1 if decode else threads)
         blas_threads = threads if decode else 1
+        own_loops = B * T == 1 and blas_threads == 1 and self._own_loops_read_faster()
         rope = self._rope_for(start, T, self.embed_tokens.weight.dtype)   # (T, D/2) cos, sin
         buffers = _PartBuffers(self.config, len(shares), B * T, self.embed_tokens.weight.dtype)
         head = self.embed_tokens.weight.data.T if self.lm_head is None \
             else self.lm_head.weight.data                                 # (C, V)
 
         def run_share(rank: int, meeting: Meeting) -> np.ndarray:
-            part = _ThreadPart(shares[rank], rank, meeting, buffers, blas_threads == 1)
+            part = _ThreadPart(shares[rank], rank, meeting, buffers, own_loops)
             x = self.embed_tokens.weight.data[idx]                        # (B, T, C)
             for layer, block in enumerate(self.layers):
                 x = block.infer(x, kv_cache, layer, rope, part)
@@ -448,6 +452,17 @@ class Llama(Module):
                                                     capacity, dtype)
         cos, sin = cached
         return cos[start:end], sin[start:end]
+
+    def _own_loops_read_faster(self) -> bool:
+        """Whether one row's products by NumPy's own loops read this model's weights faster
+        than one-thread BLAS does, on this machine (see `_project`): timed the first time a
+        one-thread decode step needs to know, and kept for the layout of the weights."""
+        weights = [linear.weight.data for linear in self.projections()]
+        layout = weights[0].flags.c_contiguous
+        if layout not in self._own_loops_faster:
+            with limit_blas_threads(1):
+                self._own_loops_faster[layout] = _own_loops_read_faster(weights)
+        return self._own_loops_faster[layout]
 
     def projections(self) -> list[Module]:
         """Every projection of the blocks (q, k, v, o, gate, up, down, layer by layer) and the
@@ -507,7 +522,7 @@ class Llama(Module):
 # matrix-vector product. One core does not draw all the bandwidth there is, and BLAS's threads
 # meet at each product cheaply: they spin for a moment rather than sleep. The small steps in
 # between (norms, RoPE, attention over the cache, SwiGLU) are run once, by one thread. With one
-# thread, a row's products take NumPy's own loops instead (see `_project`).
+# thread, a row's products may take NumPy's own loops instead (see `_project`).
 #
 # A prefill (many rows) is bound by arithmetic, and there threads that each own a share of
 # every layer do better than BLAS's: the share's products are large, and the threads meet only
@@ -617,10 +632,10 @@ def _project(rows: np.ndarray, weight: np.ndarray, own_loops: bool = True) -> np
     """rows @ weight for rows (N, K) and weight (K, M): a projection on plain arrays.
 
     A decode step of one sequence projects a single row: a matrix-vector product, bound by
-    reading the weight from memory. On one core, OpenBLAS's kernel for it can read a matrix
-    below the speed the memory allows, the more so the narrower the output, so with
-    `own_loops` one row takes NumPy's own loops, each of which reads the weight in one pass in
-    the order it is stored:
+    reading the weight from memory. On one core, OpenBLAS's kernel for it reads a matrix
+    below the speed the memory allows on some CPUs, so with `own_loops` (one thread, where
+    `_own_loops_read_faster` found them faster) one row takes NumPy's own loops, each of
+    which reads the weight in one pass in the order it is stored:
     - a weight in our (in, out) layout, by einsum: `k,kn->n` adds x_k * W[k, :] into the
       output row by row, which runs at memory speed while the output stays in L1;
     - the transpose of a row-major matrix (a weight loaded from a Hugging Face file, whose
@@ -637,6 +652,45 @@ def _project(rows: np.ndarray, weight: np.ndarray, own_loops: bool = True) -> np
         if _vecdot is not None and weight.T.flags.c_contiguous:
             return _vecdot(weight.T, rows[0])[None]                          # (1, M)
     return rows @ weight
+
+
+def _own_loops_read_faster(weights: list[np.ndarray], sample_bytes: int = 256 << 20,
+                           min_seconds: float = 0.02) -> bool:
+    """Whether `_project` with `own_loops` multiplies one row by these weights faster than
+    BLAS does (both on the calling thread).
+
+    Which is faster depends on the CPU: on one VM of this project NumPy's loops streamed
+    memory 25-35 % faster than OpenBLAS's matrix-vector kernel, on another 10-20 % slower. So
+    it is measured, on the weights themselves, up to `sample_bytes` of them, in two halves
+    (every other weight): NumPy's loops read the first, BLAS the second, BLAS the first, NumPy's
+    loops the second. Between two reads of a half the other half is read, so neither kernel
+    finds in the cache what the other just read (unless it all fits there, as it does while a
+    small model decodes). Each pass is repeated until it has taken `min_seconds`.
+    The two kernels differ in rounding only, not in what they compute.
+    """
+    sample, total = [], 0
+    for weight in weights:
+        if total >= sample_bytes:
+            break
+        sample.append(weight)
+        total += weight.nbytes
+    halves = (sample[::2], sample[1::2]) if len(sample) > 1 else (sample, sample)
+    rows = {w.shape[0]: np.ones((1, w.shape[0]), w.dtype) for w in sample}
+
+    def seconds(own_loops: bool, half: list[np.ndarray]) -> float:
+        start, passes = time.perf_counter(), 0
+        while True:
+            for weight in half:
+                _project(rows[weight.shape[0]], weight, own_loops)
+            passes += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                return elapsed / passes
+
+    own, blas = seconds(True, halves[0]), seconds(False, halves[1])   # each half is read
+    blas += seconds(False, halves[0])                                  # with the other half
+    own += seconds(True, halves[1])                                    # read in between
+    return own < blas
 
 
 def _attend_newest(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
