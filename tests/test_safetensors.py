@@ -128,6 +128,28 @@ def test_every_bfloat16_and_float16_pattern_widens_exactly(tmp_path):
         np.testing.assert_array_equal(transposed.view(np.uint32), expected.T.view(np.uint32))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_large_tensor_is_widened_by_a_team_of_threads_exactly(tmp_path, monkeypatch, threads):
+    # 16 copies of every pattern (2 MB as BF16): past the size at which the widening is split
+    # over one thread per core; 3 threads split it unevenly, 1 takes it whole.
+    import gpt.io.safetensors as safetensors
+    monkeypatch.setattr(safetensors, "default_threads", lambda: threads)
+    teams = []
+    real_team = safetensors.thread_team
+    monkeypatch.setattr(safetensors, "thread_team",
+                        lambda ranks: teams.append(ranks) or real_team(ranks))
+    bits = np.tile(EVERY_PATTERN.ravel(), 16).reshape(64, 16384)
+    assert bits.nbytes >= safetensors._WIDEN_SPLIT_BYTES
+    path = tmp_path / "large.safetensors"
+    for dtype, expected in [("BF16", bfloat16_reference(bits)),
+                            ("F16", bits.view(np.float16).astype(np.float32))]:
+        write_raw(path, {"w": {"dtype": dtype, "shape": [64, 16384],
+                               "data_offsets": [0, bits.nbytes]}}, bits.tobytes())
+        wide = load_file(path)["w"]
+        np.testing.assert_array_equal(wide.view(np.uint32), expected.view(np.uint32))
+    assert teams == [threads, threads]
+
+
 @pytest.mark.parametrize("shape", [(1, 65536), (65536, 1), (17, 3), (37, 1771)])
 def test_a_transposing_transform_gives_the_transpose_as_a_view(tmp_path, shape):
     # A float32 tensor stays in the mapped file (writable: copy-on-write); a widened one is

@@ -42,6 +42,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from autograd.parallel import default_threads
+from gpt.core.thread_team import thread_team
 from gpt.errors import GPTError
 from gpt.io.files import atomic_write
 
@@ -274,13 +276,28 @@ def _widen(stored: np.ndarray, from_bfloat16: bool) -> np.ndarray:
     operating system as its pages are first touched): no uint32 intermediate, no shift, exact
     for every pattern (signs, infinities, NaN payloads, subnormals). Otherwise the assignment
     casts float16 to float32, which is exact too.
+
+    A large tensor is split over a team of threads, one per core: most of the time goes to
+    the first touch of the new pages, and each core takes its own page faults.
     """
     out = np.zeros(stored.shape, dtype=np.float32)
-    if from_bfloat16:
-        out.view(np.uint16).reshape(*stored.shape, 2)[..., _HIGH_HALF] = stored
-    else:
-        out[...] = stored
+    out_flat, stored_flat = out.reshape(-1), stored.reshape(-1)     # views of every element
+
+    def widen(part: slice) -> None:
+        if from_bfloat16:
+            out_flat[part].view(np.uint16).reshape(-1, 2)[:, _HIGH_HALF] = stored_flat[part]
+        else:
+            out_flat[part] = stored_flat[part]
+
+    n = out_flat.size
+    threads = default_threads() if stored.nbytes >= _WIDEN_SPLIT_BYTES else 1
+    thread_team(threads).run(
+        lambda rank, meeting: widen(slice(n * rank // threads, n * (rank + 1) // threads)))
     return out
+
+
+# Half-precision tensors of at least this size are widened by several threads.
+_WIDEN_SPLIT_BYTES = 1 << 20
 
 
 # madvise(2)'s MADV_POPULATE_READ (Linux 5.14): Python's mmap module has no name for it.
