@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     s.add_argument("--threads", type=int, default=None,
                    help="threads per matrix product, and for Llama-family models the threads "
-                        "generation splits each layer over (default: all cores); 1 is much "
+                        "a prefill splits each layer over (default: all cores); 1 is much "
                         "faster while another job keeps a core busy")
     srv = p.add_argument_group("server")
     srv.add_argument("--serve", action="store_true",
@@ -171,8 +171,9 @@ def _main(argv: list[str] | None, stdin: TextIO | None, stdout: TextIO | None) -
     thinks = engine.template.thinking and options.enable_thinking
     params = sampling_params(args, engine.sampling_defaults,
                              THINKING_MAX_NEW_TOKENS if thinks else DEFAULT_MAX_NEW_TOKENS)
-    # A Llama-family model splits each layer of generation over threads of its own, each
-    # calling BLAS: both counts must be limited, or --threads 1 still runs one per core.
+    # A Llama-family model sets BLAS's thread count itself (for a decode step) and splits a
+    # prefill over threads of its own: its count must be set, or --threads 1 still runs one
+    # per core.
     if args.threads and hasattr(engine.model, "inference_threads"):
         engine.model.inference_threads = args.threads
     # OpenBLAS's thread count is one setting for the whole process, changed here for the run.

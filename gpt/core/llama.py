@@ -307,8 +307,8 @@ class Llama(Module):
     The same interface as gpt.core.model.GPT: `forward(idx, kv_cache, last_only,
     return_hidden)`, `loss(idx, targets)`, `new_kv_cache(batch_size, max_length)`, and
     `config.block_size` / `config.vocab_size`; generation and the chat engine use either.
-    `inference_threads`: how many threads generation splits each layer over (None, the
-    default: one per core).
+    `inference_threads`: how many cores generation uses (None, the default: one per core):
+    BLAS's threads in a decode step, a team of threads in a prefill (see "Generation").
     """
 
     # The Linear layers LoRA adapts: attention's four projections and the MLP's.
@@ -324,7 +324,7 @@ class Llama(Module):
         self.norm = RMSNorm(config.n_embd, eps=config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else \
             Linear(config.n_embd, config.vocab_size, bias=False)
-        # Threads that generation splits each layer over (None: one per core).
+        # Cores that generation uses (None: one per core).
         self.inference_threads: int | None = None
         self._split: tuple[int, list[_Share]] | None = None
         # Whether one-row products read faster by NumPy's loops than by BLAS, per layout.
