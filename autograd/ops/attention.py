@@ -90,12 +90,15 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, is_causal: bo
                             rng if rng is not None else default_rng())
         p_dropped = np.empty_like(p)                                       # (B, H, T, S)
     out = np.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype)             # (B, H, T, D)
+    q_scaled = q * scale               # (Q / sqrt(D)) K^T: D numbers a row to scale, not S
     for start, stop, keys in blocks:
         p_block = p[:, :, start:stop, :keys]                               # holds S, then P
-        np.matmul(q[:, :, start:stop], k[:, :, :keys].swapaxes(-1, -2), out=p_block)
-        p_block *= scale                                                   # S
+        np.matmul(q_scaled[:, :, start:stop], k[:, :, :keys].swapaxes(-1, -2), out=p_block)
         if bias is not None:
-            p_block += bias[start:stop, :keys]
+            # Every row of the block sees the keys before its first row's position; only
+            # the last (stop - start) columns hold -inf anywhere.
+            first = keys - (stop - start)
+            p_block[..., first:] += bias[start:stop, first:keys]
         p_block -= p_block.max(axis=-1, keepdims=True)
         np.exp(p_block, out=p_block)
         p_block /= row_sums(p_block)[..., None]                            # P
