@@ -583,8 +583,8 @@ class _PartBuffers:
 
 
 class _ThreadPart:
-    """One thread's side of one pass of `Llama._infer`: its share, its meetings, and whether
-    its products run on this one thread (`own_loops`: a row's products by NumPy's loops)."""
+    """One thread's side of one pass of `Llama._infer`: its share, its meetings, and the
+    kernel of its one-row products (`own_loops`: NumPy's loops rather than BLAS; `_project`)."""
 
     def __init__(self, share: _Share, rank: int, meeting: Meeting, buffers: _PartBuffers,
                  own_loops: bool):
