@@ -2,8 +2,11 @@
 
     python benchmarks/generate.py                          # gpt2 (124M) and small-cpu shapes
     python benchmarks/generate.py --models gpt2 --threads 1 --prompt 128 --new 32
+    python benchmarks/generate.py --models modern        # the main job's model (a Llama)
 
-Random weights (speed does not depend on what the weights say). Batch of one, float32, under
+Models: GPTConfig presets, or a recipe of `train.py --recipe` that is not also a preset's name
+(`modern`: its model's shape, with the main job's vocabulary of 4,096 tokens). Random weights (speed does not depend on what the
+weights say). Batch of one, float32, under
 no_grad, as chat.py and the server run.
 
 - prefill: one forward pass over a --prompt-token prompt, logits for the last position only.
@@ -29,7 +32,7 @@ from pathlib import Path
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="gpt2,small-cpu",
-                   help="comma-separated GPTConfig presets")
+                   help="comma-separated GPTConfig presets or train.py recipes")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     p.add_argument("--new", type=int, default=32, help="tokens decoded per run")
     p.add_argument("--repeats", type=int, default=3)
@@ -54,12 +57,28 @@ from autograd import no_grad  # noqa: E402
 from autograd.allocator import keep_freed_memory  # noqa: E402
 from autograd.nn import skip_init  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
+from gpt.core.config import PRESETS  # noqa: E402
+from gpt.core.llama import Llama  # noqa: E402
+from gpt.train.pretrain import RECIPES, TrainSettings, model_config  # noqa: E402
+
+MAIN_JOB_VOCAB = 4096          # the BPE vocabulary `python train.py` trains
 
 
-def random_model(preset: str) -> GPT:
-    """A model of the preset's shape with random float32 weights, made quickly: drawing
-    float32 normals directly skips the float64 temporaries of a full init_weights()."""
-    config = GPTConfig.preset(preset)
+def random_model(name: str) -> GPT | Llama:
+    """A model of the preset's (or else the recipe's) shape with random float32 weights."""
+    if name not in PRESETS and name in RECIPES:
+        config = model_config(TrainSettings(**RECIPES[name]), MAIN_JOB_VOCAB)
+        if isinstance(config, GPTConfig):
+            return random_gpt(config)
+        model = Llama(config, rng=np.random.default_rng(0))
+        model.inference_threads = ARGS.threads            # None: one per core
+        return model.eval()
+    return random_gpt(GPTConfig.preset(name))
+
+
+def random_gpt(config: GPTConfig) -> GPT:
+    """A GPT with random float32 weights, made quickly: drawing float32 normals directly
+    skips the float64 temporaries of a full init_weights()."""
     with skip_init():
         model = GPT(config)
     rng = np.random.default_rng(0)
@@ -82,8 +101,8 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench(preset: str) -> dict[str, float]:
-    model = random_model(preset)
+def bench(name: str) -> dict[str, float]:
+    model = random_model(name)
     config = model.config
     n_prompt = min(ARGS.prompt, config.block_size - ARGS.new)
     rng = np.random.default_rng(1)

@@ -472,8 +472,9 @@ def test_bad_configs_and_inputs_are_clear_errors():
         model(np.zeros((1, 3)))
 
 
-# Generation takes Llama._infer: the same arithmetic on plain arrays. A prefill of more than
-# _DECODE_MAX_ROWS rows is split over a team of threads by key/value heads, MLP units and
+# Generation takes Llama._infer: the same arithmetic on plain arrays. A large prefill (more
+# than _DECODE_MAX_ROWS rows, and enough work: _TEAM_MIN_WORK, set to 0 here so that these tiny
+# models take it) is split over a team of threads by key/value heads, MLP units and
 # vocabulary; decode steps run in one thread (BLAS's threads split their products). Both
 # must give what `forward` gives.
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -482,8 +483,10 @@ def test_bad_configs_and_inputs_are_clear_errors():
     dict(n_kv_head=3, n_head=6, head_dim=4, qk_norm=True, tie_word_embeddings=True),
     dict(n_kv_head=4, mlp="relu2", logit_softcap=5.0),            # one query head per kv head
 ])
-def test_generation_path_gives_the_logits_of_forward(changes, threads):
+def test_generation_path_gives_the_logits_of_forward(changes, threads, monkeypatch):
+    import gpt.core.llama as llama_module
     from gpt.core.llama import _DECODE_MAX_ROWS
+    monkeypatch.setattr(llama_module, "_TEAM_MIN_WORK", 0)
     model = Llama(tiny_config(**changes), rng=np.random.default_rng(0)).eval()
     model.inference_threads = threads
     tokens = np.random.default_rng(1).integers(0, 40, size=(2, 12))
@@ -626,3 +629,23 @@ def test_float32_weights_stay_in_the_file(tmp_path):
     before = (tmp_path / "copy" / "model.safetensors").read_bytes()
     params["embed_tokens.weight"].data += 1.0          # copy-on-write: the file stays as it was
     assert (tmp_path / "copy" / "model.safetensors").read_bytes() == before
+
+
+def test_a_small_prefill_runs_in_one_thread_and_a_large_one_in_the_team(monkeypatch):
+    # The team pays off only when a layer's products are large: rows x a layer's weights of
+    # at least _TEAM_MIN_WORK multiply-adds (and more than _DECODE_MAX_ROWS rows).
+    import gpt.core.llama as llama_module
+    model = Llama(tiny_config(), rng=np.random.default_rng(0)).eval()
+    model.inference_threads = 2
+    per_row = model._layer_weights()
+    assert per_row == sum(p.data.size for name, p in model.layers[0].named_parameters()
+                          if name.endswith("proj.weight"))
+    tokens = np.random.default_rng(1).integers(0, 40, size=(1, 20))
+    teams, real_team = [], llama_module.thread_team
+    monkeypatch.setattr(llama_module, "thread_team",
+                        lambda ranks: teams.append(ranks) or real_team(ranks))
+    with no_grad():
+        for work in (20 * per_row + 1, 20 * per_row):             # just too little, just enough
+            monkeypatch.setattr(llama_module, "_TEAM_MIN_WORK", work)
+            model(tokens, kv_cache=model.new_kv_cache(batch_size=1))
+    assert teams == [1, 2]

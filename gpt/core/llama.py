@@ -400,11 +400,12 @@ class Llama(Module):
         B, T = idx.shape
         kv_cache.reserve(start + T)          # grown here, not by parallel threads' stores
         threads = self.inference_threads or default_threads()
-        # A decode step (a few rows): one thread, with BLAS's threads splitting each product;
-        # a prefill: our team of threads, each with its share of every layer (see below).
-        decode = B * T <= _DECODE_MAX_ROWS
-        shares = self._shares(1 if decode else threads)
-        blas_threads = threads if decode else 1
+        # A decode step, or a small pass: one thread, with BLAS's threads splitting each
+        # product; a large prefill: our team of threads, each with its share of every layer
+        # (see "Generation" below).
+        by_team = B * T > _DECODE_MAX_ROWS and B * T * self._layer_weights() >= _TEAM_MIN_WORK
+        shares = self._shares(threads if by_team else 1)
+        blas_threads = 1 if by_team else threads
         own_loops = B * T == 1 and blas_threads == 1 and self._own_loops_read_faster()
         rope = self._rope_for(start, T, self.embed_tokens.weight.dtype)   # (T, D/2) cos, sin
         buffers = _PartBuffers(self.config, len(shares), B * T, self.embed_tokens.weight.dtype)
@@ -452,6 +453,13 @@ class Llama(Module):
                                                     capacity, dtype)
         cos, sin = cached
         return cos[start:end], sin[start:end]
+
+    def _layer_weights(self) -> int:
+        """How many weights a block's projections hold: a pass's multiply-adds per row and
+        layer."""
+        c = self.config
+        attention = 2 * c.n_embd * (c.n_head + c.n_kv_head) * c.head_size     # q, k, v, o
+        return attention + (3 if c.mlp == "swiglu" else 2) * c.n_embd * c.intermediate_size
 
     def _own_loops_read_faster(self) -> bool:
         """Whether one row's products by NumPy's own loops read this model's weights faster
@@ -524,9 +532,9 @@ class Llama(Module):
 # between (norms, RoPE, attention over the cache, SwiGLU) are run once, by one thread. With one
 # thread, a row's products may take NumPy's own loops instead (see `_project`).
 #
-# A prefill (many rows) is bound by arithmetic, and there threads that each own a share of
-# every layer do better than BLAS's: the share's products are large, and the threads meet only
-# twice per layer. Such threads are a team (gpt/core/thread_team.py): each runs the whole
+# A large prefill (many rows of a large model: see _TEAM_MIN_WORK) is bound by arithmetic, and
+# there threads that each own a share of every layer do better than BLAS's: the share's
+# products are large, and the threads meet only twice per layer. Such threads are a team (gpt/core/thread_team.py): each runs the whole
 # forward pass on its share, the way tensor parallelism splits a model over GPUs, and they
 # meet at barriers, where each adds up the parts all of them wrote:
 #   - attention by key/value heads: a thread has q, k, v for its heads (its columns of those
@@ -545,8 +553,13 @@ class Llama(Module):
 # on a virtual machine, and products of a few megabytes then read memory at about half the
 # speed. benchmarks/RESULTS.md ("Chat models") has the measurements.
 
-# Up to this many rows (B*T), a pass runs in one thread with BLAS's threads.
+# Up to this many rows (B*T), a pass runs in one thread with BLAS's threads; so does a pass
+# whose rows times a layer's weights fall below _TEAM_MIN_WORK multiply-adds, where the
+# team's meetings cost more than they save (a prefill of the main job's 4 x 192 model: 128
+# rows, 57 M multiply-adds a layer, ran at 21,000 tokens/s this way against 14,000 in the
+# team; SmolLM2-360M's prefill was as fast either way at about 100-200 rows, 1-2 G).
 _DECODE_MAX_ROWS = 16
+_TEAM_MIN_WORK = 1 << 30
 
 
 @dataclass(frozen=True)
