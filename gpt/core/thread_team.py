@@ -5,8 +5,9 @@
 
 Rank 0 runs in the calling thread, the others in the team's own threads, kept for the next
 run. Inside `work`, `meeting.meet(rank)` waits until every rank has called it as many times:
-a barrier. Generation splits each layer of a model over the cores this way (gpt/core/llama.py),
-with several barriers per layer, so what a barrier costs matters:
+a barrier. A large prefill of a Llama-family model splits each layer over the cores this way
+(gpt/core/llama.py), with two barriers per layer, so what a barrier costs matters (loading
+widens half-precision tensors on a team too, with no barrier: gpt/io/safetensors.py):
 - a thread pool's round trip (submit, then wait for the result) wakes a sleeping thread twice,
   about 40-50 us on a virtual machine; a barrier between threads that are both running wakes
   one, and only when the other is not there yet;
