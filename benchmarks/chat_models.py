@@ -36,8 +36,8 @@ bytes of weights. Copy bandwidth counts bytes read plus bytes written, as the ST
 benchmark does; that is the bound the project aims at (80 % of it). Beside it, the read-only
 bound: read bandwidth (two threads summing an array, which only read, as a decode step does)
 / bytes of weights. Where the two differ (on this project's VMs reads alone reach 60-80 % of
-the copy figure), the read-only bound is what a decode step can reach at best. The KV cache read per
-token (given beside it) is left out of both.
+the copy figure), the read-only bound is what a decode step can reach at best. The KV cache
+read per token (given beside it) is left out of both.
 """
 from __future__ import annotations
 

@@ -121,5 +121,6 @@ def main() -> None:
         rate = f" ({gigabytes / ms * 1e3:.1f} GB/s)" if name.startswith("weights") else ""
         print(f"  {name:<40} {ms:7.1f} ms{rate}")
 
+
 if __name__ == "__main__":
     main()

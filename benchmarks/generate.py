@@ -5,9 +5,9 @@
     python benchmarks/generate.py --models modern        # the main job's model (a Llama)
 
 Models: GPTConfig presets, or a recipe of `train.py --recipe` that is not also a preset's name
-(`modern`: its model's shape, with the main job's vocabulary of 4,096 tokens). Random weights (speed does not depend on what the
-weights say). Batch of one, float32, under
-no_grad, as chat.py and the server run.
+(`modern`: its model's shape, with the main job's vocabulary of 4,096 tokens). Random weights
+(speed does not depend on what the weights say). Batch of one, float32, under no_grad, as
+chat.py and the server run.
 
 - prefill: one forward pass over a --prompt-token prompt, logits for the last position only.
   "cached" also writes every layer's keys and values into the KV cache; "uncached" does not.

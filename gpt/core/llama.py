@@ -465,9 +465,9 @@ class Llama(Module):
         """Whether one row's products by NumPy's own loops read this model's weights faster
         than one-thread BLAS does, on this machine (see `_project`): timed the first time a
         one-thread decode step needs to know, and kept for the layout of the weights."""
-        weights = [linear.weight.data for linear in self.projections()]
-        layout = weights[0].flags.c_contiguous
+        layout = self.layers[0].self_attn.q_proj.weight.data.flags.c_contiguous
         if layout not in self._own_loops_faster:
+            weights = [linear.weight.data for linear in self.projections()]
             with limit_blas_threads(1):
                 self._own_loops_faster[layout] = _own_loops_read_faster(weights)
         return self._own_loops_faster[layout]
@@ -534,9 +534,10 @@ class Llama(Module):
 #
 # A large prefill (many rows of a large model: see _TEAM_MIN_WORK) is bound by arithmetic, and
 # there threads that each own a share of every layer do better than BLAS's: the share's
-# products are large, and the threads meet only twice per layer. Such threads are a team (gpt/core/thread_team.py): each runs the whole
-# forward pass on its share, the way tensor parallelism splits a model over GPUs, and they
-# meet at barriers, where each adds up the parts all of them wrote:
+# products are large, and the threads meet only twice per layer. Such threads are a team
+# (gpt/core/thread_team.py): each runs the whole forward pass on its share, the way tensor
+# parallelism splits a model over GPUs, and they meet at barriers, where each adds up the
+# parts all of them wrote:
 #   - attention by key/value heads: a thread has q, k, v for its heads (its columns of those
 #     projections), attends with them, and multiplies by its rows of o_proj, which gives a
 #     (B*T, C) part of the output; the parts add up to o_proj(y) (a barrier);
